@@ -4,8 +4,9 @@
 and "while paused"): it takes the server's messages and the user's edits and
 returns the messages to send. :class:`LoopClock` maps a monotonic time that
 the caller passes in to steps and loops, with pause holding the position.
-The headless client drives both; ``web/sync.js`` is the browser's copy of
-``ClientSync`` and runs the same vectors.
+The headless client (``client.py``) drives both; the browser's copy of
+``ClientSync`` runs the same vectors (``tests/vectors/client.json``), so the
+method names here are part of that contract (camelCase in JavaScript).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .document import DEFAULT_STEPS, Part, Parts, copy_part, differing_users, empty_part, merge_at_sync
+from .document import DEFAULT_STEPS, SOUNDS, Part, Parts, copy_part, differing_users, empty_part, merge_at_sync
 
 Message = dict[str, Any]
 
@@ -22,86 +23,114 @@ Message = dict[str, Any]
 class ClientSync:
     """Local Data, pending Shared Data and the user's unconfirmed edits.
 
-    Three copies of the document matter:
+    Four things matter:
 
     - ``shared``: the latest Shared Data heard from the server (pending while
-      playing; other users' parts are taken from it only at a sync);
+      playing: other users' parts are taken from it only at a sync);
     - ``loop_parts``: what the current loop plays: other users' parts as of
-      the last sync, and the user's own part, live (own edits are heard as
-      soon as the playhead reaches them);
-    - ``confirmed``: the own part as the server last confirmed it, so that a
-      difference from the live own part means there is something to send.
+      the last sync (or as they arrive, while paused), and the user's own
+      part, live (``loop_parts[me] is own``: own edits are heard as soon as
+      the playhead reaches them);
+    - ``confirmed`` / ``confirmed_seq``: the own part as the server last
+      confirmed it (``None`` while the server holds none), so that a
+      difference from the live own part means there is something to send;
+    - ``in_flight``: updates sent on this connection and not yet answered.
+
+    Nothing is sent while disconnected (between :meth:`on_disconnect` and the
+    next ``snapshot``): the snapshot then says what the server holds, and the
+    edits it lacks are resent.
     """
 
-    def __init__(self, me: str, sound: str = "kick") -> None:
+    def __init__(self, me: str, sound: str = "kick", steps: int = DEFAULT_STEPS) -> None:
+        _check_sound(sound)
         self.me = me
-        self.steps = DEFAULT_STEPS
+        self.steps = steps
         self.playing = False
-        self.joined = False
+        self.connected = False
+        self.revision = 0
         self.shared: Parts = {}
-        self.loop_parts: Parts = {}
-        self.own: Part = empty_part(self.steps, sound)
+        self.own: Part = empty_part(steps, sound)
+        self.loop_parts: Parts = {me: self.own}
         self.confirmed: Part | None = None
         self.confirmed_seq = 0
         self.next_seq = 1
         self.in_flight: dict[int, Part] = {}
-        self.revision = 0
 
     # -- what the user does -------------------------------------------------
 
     def set_step(self, step: int, value: int) -> None:
         """Set one step of the user's own part; heard at once, sent at the next sync."""
-        if not 0 <= step < self.steps:
+        if type(step) is not int or not 0 <= step < self.steps:
             raise ValueError(f"step must be from 0 to {self.steps - 1}, got {step}")
-        self.own["steps"][step] = 1 if value else 0
-        self.loop_parts[self.me] = self.own
+        if value not in (0, 1):
+            raise ValueError(f"step value must be 0 or 1, got {value}")
+        self.own["steps"][step] = int(value)
 
     def toggle(self, step: int) -> None:
         """Flip one step of the user's own part."""
-        if not 0 <= step < self.steps:
+        if type(step) is not int or not 0 <= step < self.steps:
             raise ValueError(f"step must be from 0 to {self.steps - 1}, got {step}")
-        self.set_step(step, 1 - self.own["steps"][step])
+        self.own["steps"][step] = 1 - self.own["steps"][step]
 
     def set_sound(self, sound: str) -> None:
-        """Choose the sound of the user's own part."""
+        """Choose the sound of the user's own part; sent at the next sync like a step edit."""
+        _check_sound(sound)
         self.own["sound"] = sound
-        self.loop_parts[self.me] = self.own
 
     def play(self) -> list[Message]:
-        """Start the clock: sync at once (others' parts are already current) and send own edits."""
+        """Start the clock: sync at once and send the edits made while paused.
+
+        Other users' parts are already current (they apply at once while
+        paused), so this sync only decides what to send.
+        """
+        if self.playing:
+            return []
         self.playing = True
         return self.sync()
 
     def pause(self) -> list[Message]:
         """Stop the clock; from now on other users' parts apply at once and nothing is sent."""
-        self.playing = False
-        self._take_shared()
+        if self.playing:
+            self.playing = False
+            self._take_shared()
         return []
 
     # -- the sync moment ----------------------------------------------------
 
     def sync(self) -> list[Message]:
-        """Call at Loop Start - lead: take others' parts, then send own part if it changed.
+        """Call at Loop Start - lead: take others' parts, then send the own part if it changed.
 
         Returns the update to send (or nothing). When the window is missed the
-        caller simply calls this before the following Loop Start.
+        caller skips it and calls this at the next loop's sync moment, so the
+        loop already playing never changes under the listener.
         """
         self._take_shared()
         return self._send_own() if self.playing else []
 
     def dirty(self) -> bool:
-        """True when the own part differs from what the server last confirmed."""
-        return self.own != self.confirmed and not (self.confirmed is None and not any(self.own["steps"]))
+        """True when the own part differs from what the server last confirmed.
+
+        A silent part is not worth writing while the server holds none, so a
+        fresh user who only picked a sound is not dirty yet.
+        """
+        if self.confirmed is None:
+            return any(self.own["steps"])
+        return self.own != self.confirmed
 
     def pending_users(self) -> list[str]:
         """Other users whose arrived changes wait for the next Loop Start."""
         return differing_users(self.loop_parts, self.shared, self.me)
 
     def local_data(self) -> dict[str, Any]:
-        """Local Data in the document schema."""
+        """Local Data in the document schema (a copy)."""
         return {"steps": self.steps, "parts": {user: copy_part(part) for user, part in sorted(self.loop_parts.items())}}
 
-    # -- what the server says -------------------------------------------------
+    # -- what the connection says ---------------------------------------------
+
+    def on_disconnect(self) -> None:
+        """The connection closed: unanswered updates are lost; the next snapshot says what to resend."""
+        self.connected = False
+        self.in_flight.clear()
 
     def on_message(self, message: Mapping[str, Any]) -> list[Message]:
         """Feed one server message; returns what to send in answer."""
@@ -111,85 +140,113 @@ class ClientSync:
         if kind == "update":
             self._on_update(message)
         elif kind == "ack":
-            self._on_ack(int(message["seq"]))
+            self._on_ack(message)
         elif kind == "error":
             return self._on_error(message)
         return []
 
     def _on_snapshot(self, message: Mapping[str, Any]) -> list[Message]:
         doc = message["doc"]
-        first = not self.joined
-        self.joined = True
-        self.revision = int(message["revision"])
-        if doc["steps"] != self.steps:
+        if int(doc["steps"]) != self.steps:
+            # The room's step count is fixed at creation; a part of another
+            # length could never be accepted, so start from a silent one.
             self.steps = int(doc["steps"])
-            self.own = empty_part(self.steps, self.own["sound"])
+            self._set_own(empty_part(self.steps, self.own["sound"]))
+            self.confirmed = None
+        had_edits = self.dirty()
+        self.connected = True
+        self.revision = int(message["revision"])
         self.shared = {user: copy_part(part) for user, part in doc["parts"].items()}
+        # The snapshot is the authority on what the server holds of ours: an
+        # update whose ack was lost is confirmed here, and a server that lost
+        # data (a memory store restarted) un-confirms what it forgot.
         server_seq = int(message["seq"])
         server_own = self.shared.get(self.me)
-        had_unconfirmed = self.dirty()
-        if server_seq >= self.confirmed_seq and server_own is not None:
-            # The server holds something we may not know is confirmed: our own
-            # in-flight update whose ack was lost, or another tab's edit.
-            self.confirmed, self.confirmed_seq = copy_part(server_own), server_seq
-            if not had_unconfirmed:
-                self.own = copy_part(server_own)
-        self.in_flight.clear()
+        self.confirmed = copy_part(server_own) if server_own is not None else None
+        self.confirmed_seq = server_seq
         self.next_seq = max(self.next_seq, server_seq + 1)
-        if first or not self.playing:
+        for seq in [seq for seq in self.in_flight if seq <= server_seq]:
+            del self.in_flight[seq]
+        if server_own is not None and not had_edits:
+            # Nothing of ours is waiting: take what the server holds (our part
+            # from an earlier session, or another tab's edit).
+            self._set_own(copy_part(server_own))
+        if not self.playing:
             self._take_shared()
-        self.loop_parts[self.me] = self.own
-        # A reconnect resends unconfirmed edits at once; new edits wait for a sync.
-        return self._send_own() if self.playing and had_unconfirmed else []
+        # Edits the server lacks go out at once while playing; paused, they wait for play.
+        return self._send_own() if self.playing else []
 
     def _on_update(self, message: Mapping[str, Any]) -> None:
         user = message["user"]
+        part = message["part"]
         self.revision = max(self.revision, int(message["revision"]))
-        self.shared[user] = copy_part(message["part"])
-        if user == self.me:
-            # Another connection of the same user: adopt it unless we have our own edits.
-            if not self.dirty():
-                self.own = copy_part(message["part"])
-                self.loop_parts[self.me] = self.own
-            self.confirmed, self.confirmed_seq = copy_part(message["part"]), int(message["seq"])
-            self.next_seq = max(self.next_seq, self.confirmed_seq + 1)
-        elif not self.playing:
-            self.loop_parts[user] = copy_part(message["part"])
-
-    def _on_ack(self, seq: int) -> None:
-        part = self.in_flight.get(seq)
-        if part is None:
+        self.shared[user] = copy_part(part)
+        if user != self.me:
+            if not self.playing:
+                self.loop_parts[user] = copy_part(part)
             return
-        self.confirmed, self.confirmed_seq = part, seq
-        self.shared[self.me] = copy_part(part)
-        for old in [s for s in self.in_flight if s <= seq]:
+        # Another connection of the same user (a second tab) wrote our part.
+        seq = int(message["seq"])
+        if seq <= self.confirmed_seq:
+            return
+        had_edits = self.dirty() or bool(self.in_flight)
+        self.confirmed, self.confirmed_seq = copy_part(part), seq
+        self.next_seq = max(self.next_seq, seq + 1)
+        if not had_edits:
+            self._set_own(copy_part(part))
+
+    def _on_ack(self, message: Mapping[str, Any]) -> None:
+        seq = int(message["seq"])
+        self.revision = max(self.revision, int(message.get("revision", 0)))
+        part = self.in_flight.get(seq)
+        for old in [old for old in self.in_flight if old <= seq]:
             del self.in_flight[old]
+        if part is not None and seq > self.confirmed_seq:
+            self.confirmed, self.confirmed_seq = part, seq
+            self.shared[self.me] = copy_part(part)
 
     def _on_error(self, message: Mapping[str, Any]) -> list[Message]:
         seq = message.get("seq")
         if seq is None:
             return []
+        # A refused update stays unconfirmed: the next sync sends it again.
         self.in_flight.pop(seq, None)
         if message.get("code") == "stale_seq":
-            # Our counter is behind the server's (another tab, a lost store):
-            # ask for the current Shared Data, which carries the server's seq.
+            # Our counter is behind the server's (another tab, a restored
+            # client): the snapshot that answers a fetch carries the server's seq.
             return [{"type": "fetch"}]
         return []
 
     # -- helpers --------------------------------------------------------------
+
+    def _set_own(self, part: Part) -> None:
+        self.own = part
+        self.loop_parts[self.me] = part
 
     def _take_shared(self) -> None:
         self.loop_parts = merge_at_sync({self.me: self.own}, self.shared, self.me)
         self.loop_parts[self.me] = self.own
 
     def _send_own(self) -> list[Message]:
-        if not self.dirty() or any(part == self.own for part in self.in_flight.values()):
+        if not self.connected:
+            return []
+        if self.in_flight:
+            # Compare with the newest update on its way, not with any of them:
+            # after A, B were sent, going back to A must be sent again.
+            if self.own == self.in_flight[max(self.in_flight)]:
+                return []
+        elif not self.dirty():
             return []
         seq = self.next_seq
         self.next_seq += 1
         part = copy_part(self.own)
         self.in_flight[seq] = part
-        return [{"type": "update", "seq": seq, "part": part}]
+        return [{"type": "update", "seq": seq, "part": copy_part(part)}]
+
+
+def _check_sound(sound: object) -> None:
+    if sound not in SOUNDS:
+        raise ValueError(f"sound must be one of {', '.join(SOUNDS)}, got {sound!r}")
 
 
 @dataclass
@@ -209,9 +266,12 @@ class LoopClock:
     origin_seconds: float = 0.0
     held_position_steps: float = 0.0
 
+    def __post_init__(self) -> None:
+        _check_bpm(self.bpm)
+
     @property
     def step_seconds(self) -> float:
-        """Length of one step."""
+        """Length of one step (a sixteenth note at ``bpm``)."""
         return 60.0 / self.bpm / self.steps_per_beat
 
     @property
@@ -238,7 +298,8 @@ class LoopClock:
             self.playing = False
 
     def set_bpm(self, now_seconds: float, bpm: float) -> None:
-        """Change tempo, keeping the position."""
+        """Change tempo, keeping the position: the step in progress ends at the new tempo."""
+        _check_bpm(bpm)
         position = self.position_steps(now_seconds)
         self.bpm = bpm
         if self.playing:
@@ -248,6 +309,8 @@ class LoopClock:
 
     def next_step(self, now_seconds: float) -> int:
         """The first step whose time is at or after ``now_seconds``."""
+        # The tolerance keeps a step that is due exactly now from being
+        # skipped by a rounding error in the division.
         return math.ceil(self.position_steps(now_seconds) - 1e-9)
 
     def step_due_seconds(self, step: int) -> float:
@@ -258,6 +321,15 @@ class LoopClock:
         """The loop number of an absolute step."""
         return step // self.steps
 
+    def loop_start_seconds(self, loop: int) -> float:
+        """The Loop Start of loop ``loop``: when its first step sounds."""
+        return self.step_due_seconds(loop * self.steps)
+
     def sync_due_seconds(self, loop: int, lead_seconds: float) -> float:
         """The sync moment of loop ``loop``: its Loop Start minus the lead."""
-        return self.step_due_seconds(loop * self.steps) - lead_seconds
+        return self.loop_start_seconds(loop) - lead_seconds
+
+
+def _check_bpm(bpm: float) -> None:
+    if not (isinstance(bpm, (int, float)) and math.isfinite(bpm) and bpm > 0):
+        raise ValueError(f"bpm must be a positive number, got {bpm!r}")
