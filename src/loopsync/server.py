@@ -1,0 +1,556 @@
+"""The loopsync server: WebSocket transport around the rules of ``rooms.py``.
+
+This module moves messages and nothing more. For each text frame a
+connection's reader task parses it (``protocol.parse_client_message``), lets
+the room decide (``rooms.Room``), has the store commit what the room
+accepted, and then queues the answers: ``ack`` to the sender, ``update`` to
+every other connection of the room. The room's rules never live here.
+
+Each connection has two tasks: the reader (aiohttp's handler task) and a
+writer that drains the connection's own bounded outbox. A client that stops
+reading therefore only fills its own outbox; when that is full it is closed
+with 1008 ``too slow``, and the rest of its room never waits for it.
+
+Each room keeps two copies of its Shared Data: ``live`` (what the room has
+accepted, some of it possibly still on its way to the disk) decides the next
+update, and ``committed`` (only what the store has confirmed) is what
+snapshots are built from, so a snapshot never shows an edit that a crash
+could still lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import signal
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Final
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from . import protocol
+from .document import Invalid
+from .protocol import Fetch, Hello, Transport, Update
+from .rooms import Room
+from .store import MemoryStore, SqliteStore, Store, StoreError
+
+log = logging.getLogger("loopsync.server")
+
+WEB_DIR: Final = Path(__file__).resolve().parent / "web"
+HELLO_TIMEOUT_SECONDS: Final = 10.0
+HEARTBEAT_SECONDS: Final = 20.0  # aiohttp waits half of it (10 s) for the pong
+OUTBOX_LIMIT: Final = 256
+RATE_BURST: Final = 40
+RATE_PER_SECOND: Final = 20.0
+CLOSE_TIMEOUT_SECONDS: Final = 10.0  # a closing handshake that takes longer is cut
+
+CLOSE_GOING_AWAY: Final = int(WSCloseCode.GOING_AWAY)  # 1001
+
+_CONTENT_TYPES: Final = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",  # ES modules need a JavaScript type
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".wav": "audio/wav",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+
+@dataclass(frozen=True)
+class _Close:
+    """An outbox entry: close the connection after what was queued before."""
+
+    code: int
+    reason: str
+
+
+_PRESENCE: Final = object()
+"""An outbox entry standing for the newest presence frame of the connection."""
+
+_Entry = str | _Close | object
+
+
+class _Connection:
+    """One WebSocket: its identity in a room, its outbox and its rate limit."""
+
+    __slots__ = (
+        "id", "ws", "transport", "user", "room", "outbox", "presence_frame", "wakeup",
+        "writer", "closing", "tokens", "tokens_at", "hello_timer",
+    )
+
+    def __init__(self, connection_id: int, ws: web.WebSocketResponse, transport: asyncio.Transport | None, now_seconds: float) -> None:
+        self.id = connection_id
+        self.ws = ws
+        self.transport = transport
+        self.user: str | None = None
+        self.room: _RoomState | None = None
+        self.outbox: deque[_Entry] = deque()
+        self.presence_frame: str | None = None
+        self.wakeup: asyncio.Future[None] | None = None
+        self.writer: asyncio.Task[None] | None = None
+        self.closing = False
+        self.tokens = float(RATE_BURST)
+        self.tokens_at = now_seconds
+        self.hello_timer: asyncio.TimerHandle | None = None
+
+    def take_token(self, now_seconds: float) -> bool:
+        """Token bucket (burst ``RATE_BURST``, refilled at ``RATE_PER_SECOND``): may this message pass?"""
+        self.tokens = min(float(RATE_BURST), self.tokens + (now_seconds - self.tokens_at) * RATE_PER_SECOND)
+        self.tokens_at = now_seconds
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+    def push(self, frame: str) -> bool:
+        """Queue one frame; ``False`` when the outbox is full (the peer is too slow)."""
+        if self.closing:
+            return True
+        if len(self.outbox) >= OUTBOX_LIMIT:
+            return False
+        self.outbox.append(frame)
+        self._wake()
+        return True
+
+    def push_presence(self, frame: str) -> bool:
+        """Queue presence, replacing presence that is still waiting: only the newest matters."""
+        if self.closing:
+            return True
+        if self.presence_frame is None:
+            if len(self.outbox) >= OUTBOX_LIMIT:
+                return False
+            self.outbox.append(_PRESENCE)
+            self._wake()
+        self.presence_frame = frame
+        return True
+
+    def push_close(self, code: int, reason: str) -> None:
+        """Close after the frames already queued (an error message goes out before its close)."""
+        if self.closing:
+            return
+        self.closing = True
+        self.outbox.append(_Close(code, reason))
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+    async def write_loop(self) -> None:
+        """Send the outbox in order until a close entry; runs as the connection's writer task."""
+        outbox = self.outbox
+        ws = self.ws
+        try:
+            while True:
+                while not outbox:
+                    self.wakeup = asyncio.get_running_loop().create_future()
+                    await self.wakeup
+                self.wakeup = None
+                entry = outbox.popleft()
+                if entry is _PRESENCE:
+                    frame, self.presence_frame = self.presence_frame, None
+                    assert frame is not None
+                    await ws.send_str(frame)
+                elif isinstance(entry, _Close):
+                    await self._close(entry.code, entry.reason)
+                    return
+                else:
+                    assert isinstance(entry, str)
+                    await ws.send_str(entry)
+        except ConnectionError:
+            pass  # the peer is gone; the reader sees it too and cleans up
+
+    async def close_too_slow(self) -> None:
+        """Close a peer that does not read: replaces the writer, which is stuck waiting for the socket."""
+        self.outbox.clear()
+        self.presence_frame = None
+        await self._close(int(WSCloseCode.POLICY_VIOLATION), "too slow")
+
+    async def _close(self, code: int, reason: str) -> None:
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await self.ws.close(code=code, message=reason.encode())
+        except TimeoutError:
+            # A peer that never reads would keep the buffered close frame, and
+            # this socket, forever: cut it.
+            if self.transport is not None:
+                self.transport.abort()
+        except ConnectionError:
+            pass
+
+
+@dataclass
+class _RoomState:
+    """A room's rules (``live``), its committed copy for snapshots, and its connections."""
+
+    live: Room
+    committed: Room
+    connections: dict[int, _Connection] = field(default_factory=dict)
+
+    @classmethod
+    def restored(cls, name: str, records: list[Any]) -> _RoomState:
+        """The room as the store has it."""
+        live, committed = Room(name), Room(name)
+        for accepted in records:
+            live.restore(accepted)
+            committed.restore(accepted)
+        return cls(live, committed)
+
+
+class Server:
+    """The server's state and routes; start it with :func:`running` or :func:`main_serve`."""
+
+    def __init__(self, store: Store | None = None, *, hello_timeout: float = HELLO_TIMEOUT_SECONDS, web_dir: Path = WEB_DIR) -> None:
+        self.store: Store = store if store is not None else MemoryStore()
+        self.hello_timeout = hello_timeout
+        self.web_dir = web_dir.resolve()
+        self.rooms: dict[str, _RoomState] = {}
+        self.connections: dict[int, _Connection] = {}
+        self.port = 0
+        self.host = "127.0.0.1"
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self._broken_rooms: set[str] = set()
+
+    @property
+    def http_url(self) -> str:
+        """Where the web client is served, e.g. ``http://127.0.0.1:8765/``."""
+        return f"http://{self._url_host()}:{self.port}/"
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket endpoint, e.g. ``ws://127.0.0.1:8765/ws``."""
+        return f"ws://{self._url_host()}:{self.port}/ws"
+
+    def _url_host(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    def make_app(self) -> web.Application:
+        """The aiohttp application: ``/ws`` and the web client's files."""
+        app = web.Application()
+        app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/{path:.*}", self._static)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Open the store, load its rooms and listen; ``port`` 0 picks a free port (read it back from ``.port``)."""
+        self.store.open()
+        for name, records in self.store.load_rooms().items():
+            self.rooms[name] = _RoomState.restored(name, records)
+        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=CLOSE_TIMEOUT_SECONDS)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.host = host
+        self.port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Close every connection with 1001, stop listening and close the store."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        await self.store.close()
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        for connection in list(self.connections.values()):
+            connection.push_close(CLOSE_GOING_AWAY, "server shutting down")
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=CLOSE_TIMEOUT_SECONDS)
+
+    # -- static files --------------------------------------------------------------
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        relative = request.match_info["path"] or "index.html"
+        path = (self.web_dir / relative).resolve()
+        if not path.is_relative_to(self.web_dir) or not path.is_file():
+            raise web.HTTPNotFound(text="not found\n")
+        headers = {"Cache-Control": "no-cache"}
+        content_type = _CONTENT_TYPES.get(path.suffix.lower())
+        if content_type:
+            headers["Content-Type"] = content_type
+        return web.FileResponse(path, headers=headers)
+
+    # -- WebSocket -----------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(
+            compress=False,
+            heartbeat=HEARTBEAT_SECONDS,
+            max_msg_size=protocol.MAX_FRAME_BYTES,
+            timeout=CLOSE_TIMEOUT_SECONDS,
+        )
+        await ws.prepare(request)
+        loop = asyncio.get_running_loop()
+        connection = _Connection(next(self._ids), ws, request.transport, loop.time())
+        self.connections[connection.id] = connection
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        connection.writer = asyncio.create_task(connection.write_loop())
+        connection.hello_timer = loop.call_later(self.hello_timeout, self._hello_expired, connection)
+        try:
+            await self._read_loop(connection)
+        except Exception:
+            log.exception("internal error on connection %d (%s)", connection.id, connection.user or "before hello")
+            self._fail(connection)
+        finally:
+            connection.hello_timer.cancel()
+            self._leave(connection)
+            del self.connections[connection.id]
+            if task is not None:
+                self._handlers.discard(task)
+            await self._finish_writer(connection)
+        return ws
+
+    def _hello_expired(self, connection: _Connection) -> None:
+        if connection.room is None:
+            connection.push_close(protocol.CLOSE_POLICY, "no hello")
+
+    async def _finish_writer(self, connection: _Connection) -> None:
+        writer = connection.writer
+        if writer is None:
+            return
+        if connection.closing:
+            # A close is queued (or a too-slow close runs): let it finish, it is bounded.
+            with contextlib.suppress(Exception):
+                await writer
+        else:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+
+    async def _read_loop(self, connection: _Connection) -> None:
+        loop = asyncio.get_running_loop()
+        async for message in connection.ws:
+            if connection.closing:
+                break
+            allowed = connection.take_token(loop.time())
+            if message.type is WSMsgType.TEXT:
+                parsed = protocol.parse_client_message(message.data)
+            elif message.type is WSMsgType.BINARY:
+                parsed = Invalid("bad_message", "binary frames are not accepted; send JSON text")
+            else:
+                break  # ERROR: aiohttp has closed the connection (1009 for a frame too big)
+            if not allowed:
+                seq = parsed.seq if isinstance(parsed, Update) else None
+                self._send_error(connection, Invalid("rate_limited", f"more than {RATE_BURST} messages at once or {RATE_PER_SECOND:g} per second"), seq)
+                continue
+            await self._handle(connection, parsed)
+
+    async def _handle(self, connection: _Connection, message: protocol.ClientMessage | Invalid) -> None:
+        if isinstance(message, Invalid):
+            self._refuse(connection, message)
+        elif isinstance(message, Hello):
+            await self._hello(connection, message)
+        elif connection.room is None:
+            self._send_error(connection, Invalid("not_joined", "send hello first"), message.seq if isinstance(message, Update) else None)
+        elif isinstance(message, Update):
+            await self._update(connection, connection.room, message)
+        elif isinstance(message, Transport):
+            connection.room.live.set_transport(connection.id, message.playing, message.bpm)
+            self._broadcast_presence(connection.room)
+        elif isinstance(message, Fetch):
+            self._send_snapshot(connection, connection.room)
+
+    def _refuse(self, connection: _Connection, problem: Invalid) -> None:
+        if problem.code in ("bad_version", "bad_name"):  # only a hello gets these
+            if connection.room is not None:
+                self._send_error(connection, Invalid("already_joined", "this connection has already joined"))
+                return
+            self._send_error(connection, problem)
+            connection.push_close(protocol.CLOSE_POLICY, problem.code)
+            return
+        self._send_error(connection, problem)
+
+    async def _hello(self, connection: _Connection, hello: Hello) -> None:
+        if connection.room is not None:
+            self._send_error(connection, Invalid("already_joined", f"this connection has already joined as {connection.user!r}"))
+            return
+        state = await self._room_state(hello.room)
+        if connection.closing:
+            return
+        problem = state.live.join(connection.id, hello.user, hello.playing, hello.bpm)
+        if problem:
+            self._send_error(connection, problem)
+            connection.push_close(protocol.CLOSE_POLICY, problem.code)
+            return
+        if connection.hello_timer is not None:
+            connection.hello_timer.cancel()
+        connection.user = hello.user
+        connection.room = state
+        state.connections[connection.id] = connection
+        self._send_snapshot(connection, state)
+        self._broadcast_presence(state)
+
+    async def _room_state(self, name: str) -> _RoomState:
+        state = self.rooms.get(name)
+        if state is not None:
+            return state
+        if name in self._broken_rooms:
+            # A commit of this room failed: rebuild it from what the disk has,
+            # once every write that was in flight has settled.
+            await self.store.flush()
+            records = await self.store.load_room(name)
+            state = self.rooms.get(name)
+            if state is None:
+                state = self.rooms[name] = _RoomState.restored(name, records)
+                self._broken_rooms.discard(name)
+            return state
+        state = self.rooms[name] = _RoomState(Room(name), Room(name))
+        return state
+
+    async def _update(self, connection: _Connection, state: _RoomState, update: Update) -> None:
+        assert connection.user is not None
+        accepted = state.live.accept(connection.user, update)
+        if isinstance(accepted, Invalid):
+            self._send_error(connection, accepted, update.seq)
+            return
+        try:
+            await self.store.save(accepted)
+        except StoreError:
+            log.exception("could not commit update %d of %r in room %r", accepted.seq, accepted.user, accepted.room)
+            self._break_room(state, connection)
+            return
+        if self.rooms.get(accepted.room) is not state:
+            return  # the room failed and was closed while this commit was on its way
+        state.committed.restore(accepted)
+        too_slow = []
+        if not connection.push(protocol.encode(protocol.ack(seq=accepted.seq, revision=accepted.revision))):
+            too_slow.append(connection)
+        frame = protocol.encode(protocol.update(user=accepted.user, seq=accepted.seq, revision=accepted.revision, part=accepted.part))
+        too_slow += [other for other in state.connections.values() if other is not connection and not other.push(frame)]
+        self._drop_too_slow(too_slow)
+
+    def _break_room(self, state: _RoomState, sender: _Connection) -> None:
+        """A commit failed: Shared Data in memory is ahead of the disk, so close the room and rebuild it later."""
+        if self.rooms.get(state.live.name) is state:
+            del self.rooms[state.live.name]
+            self._broken_rooms.add(state.live.name)
+        if sender.room is state:
+            self._fail(sender)
+        for connection in list(state.connections.values()):
+            self._fail(connection, tell=False)
+
+    def _fail(self, connection: _Connection, *, tell: bool = True) -> None:
+        """An internal error: say only that, and close with 1011."""
+        if tell:
+            self._send_error(connection, Invalid("internal", "internal server error"))
+        self._leave(connection)
+        connection.push_close(protocol.CLOSE_INTERNAL, "internal error")
+
+    def _leave(self, connection: _Connection) -> None:
+        state = connection.room
+        if state is None:
+            return
+        connection.room = None
+        state.live.leave(connection.id)
+        state.connections.pop(connection.id, None)
+        if self.rooms.get(state.live.name) is state:
+            if not state.connections and state.live.revision == 0:
+                del self.rooms[state.live.name]  # nothing to keep: no part was ever written
+            else:
+                self._broadcast_presence(state)
+
+    def _send_snapshot(self, connection: _Connection, state: _RoomState) -> None:
+        committed = state.committed
+        assert connection.user is not None
+        message = protocol.snapshot(
+            you=connection.user,
+            room=committed.name,
+            steps=committed.steps,
+            parts=committed.parts,
+            revision=committed.revision,
+            seq=committed.seqs.get(connection.user, 0),
+        )
+        if not connection.push(protocol.encode(message)):
+            self._drop_too_slow([connection])
+
+    def _send_error(self, connection: _Connection, problem: Invalid, seq: int | None = None) -> None:
+        if not connection.push(protocol.encode(protocol.error(problem, seq))):
+            self._drop_too_slow([connection])
+
+    def _broadcast_presence(self, state: _RoomState) -> None:
+        frame = protocol.encode(protocol.presence(state.live.presence()))
+        self._drop_too_slow([c for c in state.connections.values() if not c.push_presence(frame)])
+
+    def _drop_too_slow(self, connections: list[_Connection]) -> None:
+        """Disconnect peers whose outbox is full, so that they never hold up their room."""
+        for connection in connections:
+            if connection.closing:
+                continue
+            log.info("closing connection %d (%s): too slow", connection.id, connection.user)
+            connection.closing = True
+            if connection.writer is not None:
+                connection.writer.cancel()
+            connection.writer = asyncio.create_task(connection.close_too_slow())
+            self._leave(connection)
+
+
+@contextlib.asynccontextmanager
+async def running(host: str = "127.0.0.1", port: int = 0, store: Store | None = None, **options: Any) -> AsyncIterator[Server]:
+    """A server listening on ``host``/``port`` for the duration of the block (tests, benchmarks).
+
+    ``store`` defaults to a fresh :class:`MemoryStore`; ``options`` go to
+    :class:`Server` (``hello_timeout``, ``web_dir``).
+    """
+    server = Server(store, **options)
+    await server.start(host, port)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def main_serve(host: str, port: int, store: str, data_dir: Path) -> int:
+    """``loopsync serve``: run until SIGINT or SIGTERM; the exit code (0 ok, 1 failure)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    chosen: Store
+    if store == "sqlite":
+        chosen = SqliteStore(data_dir)
+        try:
+            chosen.open()
+        except StoreError as exc:
+            print(f"loopsync cannot start: {exc}.", file=sys.stderr, flush=True)
+            return 1
+        description = f"sqlite, {data_dir / 'loopsync.sqlite3'}"
+    else:
+        chosen = MemoryStore()
+        description = "memory, nothing is kept after exit"
+    return asyncio.run(_serve(host, port, chosen, description))
+
+
+async def _serve(host: str, port: int, store: Store, description: str) -> int:
+    server = Server(store)
+    try:
+        await server.start(host, port)
+    except OSError as exc:
+        print(f"loopsync cannot listen on {host}:{port}: {exc.strerror or exc}.", file=sys.stderr, flush=True)
+        await store.close()
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stop.set)
+    print(f"loopsync is serving at {server.http_url} (store: {description})", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    log.info("stopped")
+    return 0
