@@ -1,0 +1,455 @@
+// @ts-check
+/**
+ * The browser's copy of the core rules: the document (document.py) and the
+ * client's sync state machine (ClientSync in sync.py), with no DOM, no
+ * AudioContext, no socket and no clock. The page feeds it the server's
+ * messages, the user's edits and the clock's sync moments, and sends what it
+ * returns. Method names are sync.py's in camelCase; the shared JSON vectors
+ * of tests/vectors/ run against both copies so they cannot drift apart.
+ */
+
+/** @typedef {{sound: string, steps: number[]}} Part */
+/** @typedef {Record<string, Part>} Parts */
+/** @typedef {Record<string, any>} Message */
+/** @typedef {{code: string, message: string}} Invalid */
+
+export const DEFAULT_STEPS = 16;
+export const MIN_STEPS = 1;
+export const MAX_STEPS = 64;
+export const MAX_PARTS = 32;
+export const SOUNDS = Object.freeze(['kick', 'snare', 'hat', 'clap', 'tom', 'tone']);
+const NAME_PATTERN = /^[A-Za-z0-9_-]{1,32}$/;
+
+/**
+ * A short, readable rendering of a value for an error message (like Python's repr, roughly).
+ * @param {unknown} value
+ * @param {number} limit
+ * @returns {string}
+ */
+function show(value, limit) {
+  const text = typeof value === 'string' ? value : JSON.stringify(value) ?? String(value);
+  return text.slice(0, limit);
+}
+
+/**
+ * @param {unknown} value
+ * @returns {string} the Python-ish type name of a JSON value, for messages
+ */
+function typeName(value) {
+  if (value === null) return 'NoneType';
+  if (Array.isArray(value)) return 'list';
+  if (typeof value === 'string') return 'str';
+  if (typeof value === 'boolean') return 'bool';
+  if (typeof value === 'number') return Number.isInteger(value) ? 'int' : 'float';
+  if (typeof value === 'object') return 'dict';
+  return typeof value;
+}
+
+/**
+ * Check a room or user name: 1-32 of `A-Z a-z 0-9 _ -`.
+ * @param {string} kind "room" or "user", for the message
+ * @param {unknown} value
+ * @returns {Invalid | null} null when valid
+ */
+export function checkName(kind, value) {
+  if (typeof value !== 'string') {
+    return { code: 'bad_name', message: `${kind} name must be a string, got ${typeName(value)}` };
+  }
+  if (!NAME_PATTERN.test(value)) {
+    return { code: 'bad_name', message: `${kind} name must be 1-32 of A-Z a-z 0-9 _ -, got '${value.slice(0, 40)}'` };
+  }
+  return null;
+}
+
+/**
+ * Check one part against the room's step count.
+ * @param {unknown} part
+ * @param {number} stepCount
+ * @returns {Invalid | null} null when valid
+ */
+export function checkPart(part, stepCount) {
+  if (part === null || typeof part !== 'object' || Array.isArray(part)) {
+    return { code: 'bad_part', message: `part must be an object, got ${typeName(part)}` };
+  }
+  const record = /** @type {Record<string, unknown>} */ (part);
+  const extra = Object.keys(record).filter((key) => key !== 'sound' && key !== 'steps').sort();
+  if (extra.length > 0) return { code: 'bad_part', message: `unknown part field: '${extra[0]}'` };
+  const sound = record.sound;
+  if (typeof sound !== 'string' || !SOUNDS.includes(sound)) {
+    return { code: 'bad_part', message: `sound must be one of ${SOUNDS.join(', ')}, got '${show(sound, 40)}'` };
+  }
+  const steps = record.steps;
+  if (!Array.isArray(steps)) return { code: 'bad_part', message: `steps must be a list, got ${typeName(steps)}` };
+  if (steps.length !== stepCount) {
+    return { code: 'bad_part', message: `steps must have ${stepCount} entries, got ${steps.length}` };
+  }
+  for (let index = 0; index < steps.length; index++) {
+    // JSON true is not a step value, nor is 1.5.
+    if (steps[index] !== 0 && steps[index] !== 1) {
+      return { code: 'bad_part', message: `step ${index} must be 0 or 1, got ${show(steps[index], 20)}` };
+    }
+  }
+  return null;
+}
+
+/**
+ * A silent part: what a user owns before their first edit.
+ * @param {number} stepCount
+ * @param {string} [sound]
+ * @returns {Part}
+ */
+export function emptyPart(stepCount, sound = 'kick') {
+  return { sound, steps: new Array(stepCount).fill(0) };
+}
+
+/**
+ * A copy of a part that shares no array with the original.
+ * @param {Part} part
+ * @returns {Part}
+ */
+export function copyPart(part) {
+  return { sound: part.sound, steps: part.steps.slice() };
+}
+
+/**
+ * Deep equality of JSON values (Python's `==` on dicts and lists).
+ * @param {unknown} a
+ * @param {unknown} b
+ * @returns {boolean}
+ */
+export function jsonEqual(a, b) {
+  if (a === b) return true;
+  if (a === null || b === null || typeof a !== 'object' || typeof b !== 'object') return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  if (Array.isArray(a) && Array.isArray(b)) {
+    return a.length === b.length && a.every((item, index) => jsonEqual(item, b[index]));
+  }
+  const recordA = /** @type {Record<string, unknown>} */ (a);
+  const recordB = /** @type {Record<string, unknown>} */ (b);
+  const keys = Object.keys(recordA);
+  return keys.length === Object.keys(recordB).length
+    && keys.every((key) => Object.prototype.hasOwnProperty.call(recordB, key) && jsonEqual(recordA[key], recordB[key]));
+}
+
+/**
+ * @param {Parts} parts
+ * @returns {Parts} the same entries, keys in sorted order
+ */
+function sortedParts(parts) {
+  /** @type {Parts} */
+  const sorted = {};
+  for (const user of Object.keys(parts).sort()) sorted[user] = parts[user];
+  return sorted;
+}
+
+/**
+ * Local Data at a sync moment: every other user's part from `shared`, `me`'s from `local`.
+ *
+ * Client rule 2 of DESIGN.md. `me` keeps the local part even when the
+ * server has none yet, since unconfirmed edits live there.
+ * @param {Parts} local
+ * @param {Parts} shared
+ * @param {string} me
+ * @returns {Parts}
+ */
+export function mergeAtSync(local, shared, me) {
+  /** @type {Parts} */
+  const merged = {};
+  for (const user of Object.keys(shared)) if (user !== me) merged[user] = copyPart(shared[user]);
+  if (Object.prototype.hasOwnProperty.call(local, me)) merged[me] = copyPart(local[me]);
+  else if (Object.prototype.hasOwnProperty.call(shared, me)) merged[me] = copyPart(shared[me]);
+  return sortedParts(merged);
+}
+
+/**
+ * Other users whose part in `pending` differs from what is playing: what is coming next loop.
+ * @param {Parts} playing
+ * @param {Parts} pending
+ * @param {string} me
+ * @returns {string[]} sorted user names
+ */
+export function differingUsers(playing, pending, me) {
+  const users = new Set([...Object.keys(playing), ...Object.keys(pending)]);
+  users.delete(me);
+  return [...users].sort().filter((user) => !jsonEqual(playing[user], pending[user]));
+}
+
+/**
+ * @param {unknown} sound
+ */
+function checkSound(sound) {
+  if (typeof sound !== 'string' || !SOUNDS.includes(sound)) {
+    throw new RangeError(`sound must be one of ${SOUNDS.join(', ')}, got ${show(sound, 40)}`);
+  }
+}
+
+/**
+ * Local Data, pending Shared Data and the user's unconfirmed edits (sync.py's ClientSync).
+ *
+ * - `shared`: the latest Shared Data heard from the server (pending while
+ *   playing: other users' parts are taken from it only at a sync);
+ * - `loopParts`: what the current loop plays: other users' parts as of the
+ *   last sync (or as they arrive, while paused), and the own part, live
+ *   (`loopParts[me] === own`);
+ * - `confirmed` / `confirmedSeq`: the own part as the server last confirmed it;
+ * - `inFlight`: updates sent on this connection and not yet answered.
+ */
+export class ClientSync {
+  /**
+   * @param {string} me the user this client is
+   * @param {string} [sound] the own part's sound
+   * @param {number} [steps] steps per loop until a snapshot says otherwise
+   */
+  constructor(me, sound = 'kick', steps = DEFAULT_STEPS) {
+    checkSound(sound);
+    this.me = me;
+    this.steps = steps;
+    this.playing = false;
+    this.connected = false;
+    this.revision = 0;
+    /** @type {Parts} */
+    this.shared = {};
+    /** @type {Part} */
+    this.own = emptyPart(steps, sound);
+    /** @type {Parts} */
+    this.loopParts = { [me]: this.own };
+    /** @type {Part | null} */
+    this.confirmed = null;
+    this.confirmedSeq = 0;
+    this.nextSeq = 1;
+    /** @type {Map<number, Part>} */
+    this.inFlight = new Map();
+  }
+
+  // -- what the user does ---------------------------------------------------
+
+  /**
+   * Set one step of the own part; heard at once, sent at the next sync.
+   * @param {number} step
+   * @param {number} value 0 or 1
+   */
+  setStep(step, value) {
+    this._checkStep(step);
+    if (value !== 0 && value !== 1) throw new RangeError(`step value must be 0 or 1, got ${value}`);
+    this.own.steps[step] = value;
+  }
+
+  /**
+   * Flip one step of the own part.
+   * @param {number} step
+   */
+  toggle(step) {
+    this._checkStep(step);
+    this.own.steps[step] = 1 - this.own.steps[step];
+  }
+
+  /**
+   * Choose the sound of the own part; sent at the next sync like a step edit.
+   * @param {string} sound
+   */
+  setSound(sound) {
+    checkSound(sound);
+    this.own.sound = sound;
+  }
+
+  /**
+   * Start the clock: sync at once and send the edits made while paused.
+   * @returns {Message[]}
+   */
+  play() {
+    if (this.playing) return [];
+    this.playing = true;
+    return this.sync();
+  }
+
+  /**
+   * Stop the clock; from now on other users' parts apply at once and nothing is sent.
+   * @returns {Message[]}
+   */
+  pause() {
+    if (this.playing) {
+      this.playing = false;
+      this._takeShared();
+    }
+    return [];
+  }
+
+  // -- the sync moment ------------------------------------------------------
+
+  /**
+   * Call at Loop Start - lead: take others' parts, then send the own part if it changed.
+   * @returns {Message[]} the update to send, or nothing
+   */
+  sync() {
+    this._takeShared();
+    return this.playing ? this._sendOwn() : [];
+  }
+
+  /**
+   * True when the own part differs from what the server last confirmed
+   * (a silent part is not worth writing while the server holds none).
+   * @returns {boolean}
+   */
+  dirty() {
+    if (this.confirmed === null) return this.own.steps.some((value) => value !== 0);
+    return !jsonEqual(this.own, this.confirmed);
+  }
+
+  /**
+   * Other users whose arrived changes wait for the next Loop Start.
+   * @returns {string[]}
+   */
+  pendingUsers() {
+    return differingUsers(this.loopParts, this.shared, this.me);
+  }
+
+  /**
+   * Local Data in the document schema (a copy).
+   * @returns {{steps: number, parts: Parts}}
+   */
+  localData() {
+    /** @type {Parts} */
+    const parts = {};
+    for (const user of Object.keys(this.loopParts).sort()) parts[user] = copyPart(this.loopParts[user]);
+    return { steps: this.steps, parts };
+  }
+
+  // -- what the connection says ---------------------------------------------
+
+  /** The connection closed: unanswered updates are lost; the next snapshot says what to resend. */
+  onDisconnect() {
+    this.connected = false;
+    this.inFlight.clear();
+  }
+
+  /**
+   * Feed one server message.
+   * @param {Message} message
+   * @returns {Message[]} what to send in answer
+   */
+  onMessage(message) {
+    switch (message.type) {
+      case 'snapshot': return this._onSnapshot(message);
+      case 'update': this._onUpdate(message); return [];
+      case 'ack': this._onAck(message); return [];
+      case 'error': return this._onError(message);
+      default: return [];
+    }
+  }
+
+  /**
+   * @param {Message} message
+   * @returns {Message[]}
+   */
+  _onSnapshot(message) {
+    const doc = message.doc;
+    if (Number(doc.steps) !== this.steps) {
+      // The room's step count is fixed at creation; start from a silent part of its length.
+      this.steps = Number(doc.steps);
+      this._setOwn(emptyPart(this.steps, this.own.sound));
+      this.confirmed = null;
+    }
+    const hadEdits = this.dirty();
+    this.connected = true;
+    this.revision = Number(message.revision);
+    /** @type {Parts} */
+    const shared = {};
+    for (const user of Object.keys(doc.parts)) shared[user] = copyPart(doc.parts[user]);
+    this.shared = shared;
+    // The snapshot is the authority on what the server holds of ours.
+    const serverSeq = Number(message.seq);
+    const serverOwn = Object.prototype.hasOwnProperty.call(shared, this.me) ? shared[this.me] : null;
+    this.confirmed = serverOwn !== null ? copyPart(serverOwn) : null;
+    this.confirmedSeq = serverSeq;
+    this.nextSeq = Math.max(this.nextSeq, serverSeq + 1);
+    for (const seq of [...this.inFlight.keys()]) if (seq <= serverSeq) this.inFlight.delete(seq);
+    if (serverOwn !== null && !hadEdits) this._setOwn(copyPart(serverOwn));
+    if (!this.playing) this._takeShared();
+    // Edits the server lacks go out at once while playing; paused, they wait for play.
+    return this.playing ? this._sendOwn() : [];
+  }
+
+  /** @param {Message} message */
+  _onUpdate(message) {
+    const user = message.user;
+    const part = message.part;
+    this.revision = Math.max(this.revision, Number(message.revision));
+    this.shared[user] = copyPart(part);
+    if (user !== this.me) {
+      if (!this.playing) this.loopParts[user] = copyPart(part);
+      return;
+    }
+    // Another connection of the same user (a second tab) wrote our part.
+    const seq = Number(message.seq);
+    if (seq <= this.confirmedSeq) return;
+    const hadEdits = this.dirty() || this.inFlight.size > 0;
+    this.confirmed = copyPart(part);
+    this.confirmedSeq = seq;
+    this.nextSeq = Math.max(this.nextSeq, seq + 1);
+    if (!hadEdits) this._setOwn(copyPart(part));
+  }
+
+  /** @param {Message} message */
+  _onAck(message) {
+    const seq = Number(message.seq);
+    this.revision = Math.max(this.revision, Number(message.revision ?? 0));
+    const part = this.inFlight.get(seq);
+    for (const old of [...this.inFlight.keys()]) if (old <= seq) this.inFlight.delete(old);
+    if (part !== undefined && seq > this.confirmedSeq) {
+      this.confirmed = part;
+      this.confirmedSeq = seq;
+      this.shared[this.me] = copyPart(part);
+    }
+  }
+
+  /**
+   * @param {Message} message
+   * @returns {Message[]}
+   */
+  _onError(message) {
+    const seq = message.seq;
+    if (seq === undefined || seq === null) return [];
+    // A refused update stays unconfirmed: the next sync sends it again.
+    this.inFlight.delete(seq);
+    // Our counter is behind the server's: the snapshot answering a fetch carries its seq.
+    if (message.code === 'stale_seq') return [{ type: 'fetch' }];
+    return [];
+  }
+
+  // -- helpers --------------------------------------------------------------
+
+  /** @param {number} step */
+  _checkStep(step) {
+    if (!Number.isInteger(step) || step < 0 || step >= this.steps) {
+      throw new RangeError(`step must be from 0 to ${this.steps - 1}, got ${step}`);
+    }
+  }
+
+  /** @param {Part} part */
+  _setOwn(part) {
+    this.own = part;
+    this.loopParts[this.me] = part;
+  }
+
+  _takeShared() {
+    this.loopParts = mergeAtSync({ [this.me]: this.own }, this.shared, this.me);
+    this.loopParts[this.me] = this.own;
+  }
+
+  /** @returns {Message[]} */
+  _sendOwn() {
+    if (!this.connected) return [];
+    if (this.inFlight.size > 0) {
+      // Compare with the newest update on its way: after A, B were sent, going back to A must be sent again.
+      const newest = Math.max(...this.inFlight.keys());
+      if (jsonEqual(this.own, this.inFlight.get(newest))) return [];
+    } else if (!this.dirty()) {
+      return [];
+    }
+    const seq = this.nextSeq;
+    this.nextSeq += 1;
+    const part = copyPart(this.own);
+    this.inFlight.set(seq, part);
+    return [{ type: 'update', seq, part: copyPart(part) }];
+  }
+}
