@@ -84,3 +84,399 @@ async def test_fetch_answers_snapshot(server: Server, connect: Connect) -> None:
     await alice.send({"type": "fetch"})
     snapshot = await alice.wait_for("snapshot")
     assert snapshot["doc"]["parts"] == {"bob": HAT} and snapshot["revision"] == 1 and snapshot["seq"] == 0
+
+
+# -- presence ------------------------------------------------------------------------
+
+
+async def test_presence_on_join_transport_and_leave(server: Server, connect: Connect) -> None:
+    """Everyone gets presence when someone joins, plays (with tempo) and leaves."""
+    alice = await joined(connect, server, "alice", bpm=120)
+    bob = await connect(server.ws_url)
+    await bob.join("demo", "bob")
+    both = [{"user": "alice", "playing": False, "bpm": 120.0}, {"user": "bob", "playing": False, "bpm": None}]
+    assert (await bob.expect("presence"))["users"] == both
+    assert (await alice.expect("presence"))["users"] == both
+    await bob.send({"type": "transport", "playing": True, "bpm": 96})
+    playing = [both[0], {"user": "bob", "playing": True, "bpm": 96.0}]
+    assert (await alice.expect("presence"))["users"] == playing
+    assert (await bob.expect("presence"))["users"] == playing
+    await bob.send({"type": "transport", "playing": False})  # bpm omitted: unchanged
+    assert (await alice.expect("presence"))["users"][1] == {"user": "bob", "playing": False, "bpm": 96.0}
+    await bob.close()
+    assert (await alice.expect("presence"))["users"] == [both[0]]
+
+
+async def test_rooms_are_separate(server: Server, connect: Connect) -> None:
+    """Updates and presence stay inside their room."""
+    alice = await joined(connect, server, "alice", room="one")
+    bob = await joined(connect, server, "bob", room="two")
+    await alice.send({"type": "update", "seq": 1, "part": KICK})
+    await alice.expect("ack")
+    await bob.send({"type": "fetch"})
+    snapshot = await bob.expect("snapshot")
+    assert snapshot["doc"] == {"room": "two", "steps": 16, "parts": {}}
+    assert all(m["type"] != "update" for m in bob.received)
+
+
+# -- bad input -----------------------------------------------------------------------
+
+BAD_WHEN_JOINED = [
+    # (frame sent by alice after hello, error code, seq in the error)
+    ("{not json", "bad_json", None),
+    ('"a string"', "bad_json", None),
+    ("[1, 2]", "bad_json", None),
+    ({"type": "dance"}, "unknown_type", None),
+    ({"no": "type"}, "unknown_type", None),
+    ({"type": "update", "seq": "1", "part": KICK}, "bad_message", None),
+    ({"type": "update", "seq": 0, "part": KICK}, "bad_message", None),
+    ({"type": "update", "seq": 2**53, "part": KICK}, "bad_message", None),
+    ({"type": "update", "seq": True, "part": KICK}, "bad_message", None),
+    ({"type": "update", "seq": 1}, "bad_message", None),
+    ({"type": "update", "seq": 1, "user": 7, "part": KICK}, "bad_message", None),
+    ({"type": "transport", "playing": "yes"}, "bad_message", None),
+    ({"type": "transport", "playing": True, "bpm": 500}, "bad_message", None),
+    ({"type": "transport", "playing": True, "bpm": "fast"}, "bad_message", None),
+    ({"type": "update", "seq": 1, "part": "kick"}, "bad_part", 1),
+    ({"type": "update", "seq": 1, "part": {"sound": "kick", "steps": [2] + [0] * 15}}, "bad_part", 1),
+    ({"type": "update", "seq": 1, "part": {"sound": "kick", "steps": [-1] + [0] * 15}}, "bad_part", 1),
+    ({"type": "update", "seq": 1, "part": {"sound": "kick", "steps": [0] * 15}}, "bad_part", 1),
+    ({"type": "update", "seq": 1, "part": {"sound": "kick", "steps": [0] * 17}}, "bad_part", 1),
+    ({"type": "update", "seq": 1, "part": {"sound": "kick", "steps": [0] * 16, "gain": 1}}, "bad_part", 1),
+    ({"type": "update", "seq": 1, "part": {"sound": "cowbell", "steps": [0] * 16}}, "bad_part", 1),
+    ({"type": "update", "seq": 1, "part": {"sound": "kick", "steps": [True] + [0] * 15}}, "bad_part", 1),
+    ({"type": "update", "seq": 1, "part": {"sound": "kick", "steps": [1.0] + [0] * 15}}, "bad_part", 1),
+    ({"type": "update", "seq": 1, "part": {"steps": [0] * 16}}, "bad_part", 1),
+    ({"type": "update", "seq": 1, "user": "bob", "part": HAT}, "forbidden", 1),
+    ({"type": "update", "seq": 3, "part": HAT}, "stale_seq", 3),  # below the accepted seq 5
+    ({"type": "update", "seq": 5, "part": HAT}, "stale_seq", 5),  # a repeat
+    ({"type": "hello", "v": 1, "room": "demo", "user": "alice"}, "already_joined", None),
+    ({"type": "hello", "v": 1, "room": "other", "user": "carol"}, "already_joined", None),
+    ({"type": "hello", "v": 2, "room": "demo", "user": "alice"}, "already_joined", None),
+]
+
+
+@pytest.mark.parametrize("frame, code, seq", BAD_WHEN_JOINED, ids=[f"{row[1]}-{i}" for i, row in enumerate(BAD_WHEN_JOINED)])
+async def test_bad_input_is_refused_and_everything_keeps_working(server: Server, connect: Connect, frame: Any, code: str, seq: int | None) -> None:
+    """Each bad message gets its documented error; nothing is applied; the connection, room and others go on."""
+    alice = await joined(connect, server, "alice")
+    bob = await joined(connect, server, "bob")
+    await alice.send({"type": "update", "seq": 5, "part": KICK})
+    await alice.wait_for("ack", seq=5)
+    await bob.wait_for("update", seq=5)
+
+    await alice.send(frame)
+    error = await alice.expect("error")
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    assert error.get("seq") == seq and ("seq" in error) == (seq is not None)
+
+    await alice.send({"type": "fetch"})
+    snapshot = await alice.expect("snapshot")
+    assert snapshot["doc"]["parts"] == {"alice": KICK} and snapshot["revision"] == 1 and snapshot["seq"] == 5
+    await alice.send({"type": "update", "seq": 6, "part": HAT})
+    assert await alice.expect("ack") == {"type": "ack", "seq": 6, "revision": 2}
+    assert (await bob.wait_for("update"))["part"] == HAT
+    assert not [m for m in bob.received if m["type"] == "error"]
+
+
+async def test_binary_frame_is_refused(server: Server, connect: Connect) -> None:
+    """A binary frame gets bad_message and the connection stays."""
+    alice = await joined(connect, server, "alice")
+    await alice.ws.send_bytes(b'{"type": "fetch"}')
+    assert (await alice.expect("error"))["code"] == "bad_message"
+    await alice.send({"type": "fetch"})
+    await alice.expect("snapshot")
+
+
+async def test_message_before_hello_gets_not_joined(server: Server, connect: Connect) -> None:
+    """Messages before hello get not_joined (with the update's seq), and hello still works afterwards."""
+    client = await connect(server.ws_url)
+    await client.send({"type": "update", "seq": 3, "part": KICK})
+    assert await client.expect("error") == {"type": "error", "code": "not_joined", "message": "send hello first", "seq": 3}
+    await client.send({"type": "fetch"})
+    assert (await client.expect("error"))["code"] == "not_joined"
+    await client.send({"type": "transport", "playing": True})
+    assert (await client.expect("error"))["code"] == "not_joined"
+    await client.send("nope")
+    assert (await client.expect("error"))["code"] == "bad_json"
+    assert (await client.join("demo", "alice"))["revision"] == 0
+
+
+BAD_HELLOS = [
+    ({"type": "hello", "v": 2, "room": "demo", "user": "alice"}, "bad_version"),
+    ({"type": "hello", "v": "1", "room": "demo", "user": "alice"}, "bad_version"),
+    ({"type": "hello", "room": "demo", "user": "alice"}, "bad_version"),
+    ({"type": "hello", "v": 1, "room": "a room", "user": "alice"}, "bad_name"),
+    ({"type": "hello", "v": 1, "room": "demo", "user": ""}, "bad_name"),
+    ({"type": "hello", "v": 1, "room": "demo", "user": "x" * 33}, "bad_name"),
+    ({"type": "hello", "v": 1, "room": "demo", "user": "alïce"}, "bad_name"),
+    ({"type": "hello", "v": 1, "room": "demo"}, "bad_name"),
+    ({"type": "hello", "v": 1, "room": 5, "user": "alice"}, "bad_name"),
+]
+
+
+@pytest.mark.parametrize("hello, code", BAD_HELLOS, ids=[f"{row[1]}-{i}" for i, row in enumerate(BAD_HELLOS)])
+async def test_bad_hello_is_closed_with_1008(server: Server, connect: Connect, hello: dict[str, Any], code: str) -> None:
+    """A hello with a bad version or bad names gets its error, then close 1008; the room is unaffected."""
+    alice = await joined(connect, server, "alice")
+    client = await connect(server.ws_url)
+    await client.send(hello)
+    assert (await client.expect("error"))["code"] == code
+    assert await client.closed() == (1008, code)
+    await alice.send({"type": "fetch"})
+    assert (await alice.expect("snapshot"))["doc"]["parts"] == {}
+
+
+async def test_hello_with_bad_transport_fields_keeps_connection(server: Server, connect: Connect) -> None:
+    """A hello whose playing or bpm is malformed is bad_message; the connection stays and may say hello again."""
+    client = await connect(server.ws_url)
+    await client.send({"type": "hello", "v": 1, "room": "demo", "user": "alice", "bpm": 5})
+    assert (await client.expect("error"))["code"] == "bad_message"
+    await client.send({"type": "hello", "v": 1, "room": "demo", "user": "alice", "playing": "no"})
+    assert (await client.expect("error"))["code"] == "bad_message"
+    await client.join("demo", "alice", playing=True, bpm=300)
+    assert (await client.expect("presence"))["users"] == [{"user": "alice", "playing": True, "bpm": 300.0}]
+
+
+async def test_33rd_user_gets_room_full(server: Server, connect: Connect) -> None:
+    """A room holds 32 users: the 33rd gets room_full and 1008, a 32nd user's second tab still joins."""
+    clients = [await joined(connect, server, f"user{index:02}") for index in range(32)]
+    extra = await connect(server.ws_url)
+    await extra.send({"type": "hello", "v": 1, "room": "demo", "user": "late"})
+    assert (await extra.expect("error"))["code"] == "room_full"
+    assert await extra.closed() == (1008, "room_full")
+    second_tab = await connect(server.ws_url)
+    await second_tab.join("demo", "user31")
+    await clients[0].send({"type": "update", "seq": 1, "part": KICK})
+    await second_tab.wait_for("update", user="user00")
+
+
+async def test_flood_is_rate_limited_and_nothing_limited_is_applied(server: Server, connect: Connect) -> None:
+    """A burst over 40 messages gets rate_limited; refused updates are not applied; others are unaffected."""
+    alice = await joined(connect, server, "alice")
+    bob = await joined(connect, server, "bob")
+    count = RATE_BURST + 20
+    await asyncio.gather(*(alice.send({"type": "update", "seq": seq, "part": part(seq % 16)}) for seq in range(1, count + 1)))
+    acked: list[int] = []
+    limited: list[int] = []
+    while len(acked) + len(limited) < count:
+        message = await alice.next()
+        if message["type"] == "ack":
+            acked.append(message["seq"])
+        elif message["type"] == "error":
+            assert message["code"] == "rate_limited"
+            limited.append(message["seq"])
+    assert len(acked) >= RATE_BURST - 1 and len(limited) >= 1  # hello took one token of the burst
+    assert sorted(acked + limited) == list(range(1, count + 1))
+    assert acked == sorted(acked)
+    # bob hears exactly the acked updates, in order.
+    heard = [(await bob.wait_for("update"))["seq"] for _ in acked]
+    assert heard == acked
+    await bob.send({"type": "fetch"})
+    snapshot = await bob.expect("snapshot")
+    assert snapshot["doc"]["parts"]["alice"] == part(acked[-1] % 16) and snapshot["revision"] == len(acked)
+    # The bucket refills at 20 tokens a second: after 0.1 s alice may speak again.
+    await asyncio.sleep(0.1)
+    await alice.send({"type": "fetch"})
+    assert (await alice.expect("snapshot"))["seq"] == acked[-1]
+
+
+async def test_frame_over_64_kib_is_closed_with_1009(server: Server, connect: Connect) -> None:
+    """A frame of 64 KiB passes; one byte more closes the connection with 1009, and the room goes on."""
+    alice = await joined(connect, server, "alice")
+    bob = await joined(connect, server, "bob")
+    head = '{"type":"fetch","pad":"'
+    exact = head + "x" * (64 * 1024 - len(head) - 2) + '"}'
+    assert len(exact) == 64 * 1024
+    await alice.send(exact)
+    await alice.wait_for("snapshot")
+    await alice.send(exact[:-2] + 'x"}')
+    code, _ = await alice.closed()
+    assert code == 1009
+    await bob.wait_for("presence", users=[{"user": "bob", "playing": False, "bpm": None}])
+    await bob.send({"type": "update", "seq": 1, "part": HAT})
+    await bob.wait_for("ack")
+
+
+async def test_no_hello_in_time_is_closed_with_1008(connect: Connect) -> None:
+    """A connection that never says hello is closed with 1008 "no hello" once the hello timeout passes."""
+    async with running(hello_timeout=0.2 * TIME_UNIT) as server:
+        client = await connect(server.ws_url)
+        await client.send({"type": "fetch"})
+        assert (await client.expect("error"))["code"] == "not_joined"
+        assert await client.closed(timeout=5 * TIME_UNIT) == (1008, "no hello")
+        joiner = await connect(server.ws_url)
+        await joiner.join("demo", "alice")  # a joined connection is not closed by the timer
+        await joiner.expect("presence")
+        late = await connect(server.ws_url)
+        assert await late.closed(timeout=5 * TIME_UNIT) == (1008, "no hello")
+        await joiner.send({"type": "fetch"})
+        await joiner.expect("snapshot")
+
+
+async def test_shutdown_closes_clients_with_1001(connect: Connect) -> None:
+    """Stopping the server closes every connection with 1001 after what was queued."""
+    async with running() as server:
+        alice = await joined(connect, server, "alice")
+        waiting = await connect(server.ws_url)
+        stopping = asyncio.ensure_future(server.stop())
+        assert (await alice.closed())[0] == 1001
+        assert (await waiting.closed())[0] == 1001
+        await stopping
+
+
+# -- durability ----------------------------------------------------------------------
+
+
+async def test_snapshot_has_only_committed_data_and_ack_follows_commit(tmp_path: Path, connect: Connect) -> None:
+    """While a commit waits, a joiner's snapshot leaves the update out; the ack and the update come after the commit."""
+    store = SqliteStore(tmp_path, busy_timeout=20 * TIME_UNIT)
+    async with running(store=store) as server:
+        blocker = _hold_write_lock(store.path)
+        try:
+            alice = await joined(connect, server, "alice")
+            alice_tab = await joined(connect, server, "alice")
+            await alice.send({"type": "update", "seq": 1, "part": KICK})
+            # The room has accepted seq 1 (a repeat from the other tab is stale), but it is not committed yet.
+            await alice_tab.send({"type": "update", "seq": 1, "part": KICK})
+            assert (await alice_tab.wait_for("error"))["code"] == "stale_seq"
+            bob = await connect(server.ws_url)
+            snapshot = await bob.join("demo", "bob")
+            assert snapshot["revision"] == 0 and snapshot["doc"]["parts"] == {}
+            assert not [m for m in alice.received if m["type"] == "ack"]
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert await alice.wait_for("ack") == {"type": "ack", "seq": 1, "revision": 1}
+        assert (await bob.wait_for("update"))["revision"] == 1
+        assert _stored(store.path) == [("demo", "alice", 1, 1)]
+
+
+async def test_failed_commit_is_internal_error_and_nothing_is_applied(tmp_path: Path, connect: Connect) -> None:
+    """A commit that fails answers internal and closes the room's connections with 1011; reconnecting shows nothing applied."""
+    store = SqliteStore(tmp_path, busy_timeout=0.05)
+    async with running(store=store) as server:
+        alice = await joined(connect, server, "alice")
+        await alice.send({"type": "update", "seq": 1, "part": HAT})
+        await alice.expect("ack")
+        bob = await joined(connect, server, "bob")
+        blocker = _hold_write_lock(store.path)
+        try:
+            await alice.send({"type": "update", "seq": 2, "part": KICK})
+            error = await alice.wait_for("error")
+            assert error == {"type": "error", "code": "internal", "message": "internal server error"}
+            assert await alice.closed() == (1011, "internal error")
+            assert (await bob.closed())[0] == 1011
+        finally:
+            blocker.rollback()
+            blocker.close()
+        again = await connect(server.ws_url)
+        snapshot = await again.join("demo", "alice")
+        assert snapshot["doc"]["parts"] == {"alice": HAT} and snapshot["seq"] == 1 and snapshot["revision"] == 1
+        await again.send({"type": "update", "seq": 2, "part": KICK})
+        assert await again.wait_for("ack") == {"type": "ack", "seq": 2, "revision": 2}
+
+
+def _hold_write_lock(path: Path) -> Any:
+    """Another SQLite connection holding the write lock: the server's next commit has to wait for it."""
+    import sqlite3
+
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("BEGIN IMMEDIATE")
+    return connection
+
+
+def _stored(path: Path) -> list[tuple[str, str, int, int]]:
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:
+        return list(connection.execute("SELECT room, user, seq, revision FROM parts ORDER BY revision"))
+
+
+async def test_memory_store_survives_in_process_restart(connect: Connect) -> None:
+    """A server restarted on the same MemoryStore starts from what the first one committed."""
+    store = MemoryStore()
+    async with running(store=store) as server:
+        alice = await joined(connect, server, "alice")
+        await alice.send({"type": "update", "seq": 9, "part": KICK})
+        await alice.expect("ack")
+    async with running(store=store) as server:
+        alice = await connect(server.ws_url)
+        snapshot = await alice.join("demo", "alice")
+        assert snapshot["seq"] == 9 and snapshot["doc"]["parts"] == {"alice": KICK} and snapshot["revision"] == 1
+
+
+async def test_subprocess_restart_keeps_every_acknowledged_update(serve_process: Any, connect: Connect) -> None:
+    """Every update acknowledged before a SIGTERM, and before a SIGKILL, is there after a restart on the same directory."""
+    process: ServeProcess = serve_process()
+    users = ["alice", "bob", "carol"]
+    clients = [await joined(connect, process, user) for user in users]
+    for seq in range(1, 6):
+        for client in clients:
+            await client.send({"type": "update", "seq": seq, "part": part(seq)})
+    for client in clients:
+        await client.wait_for("ack", seq=5)
+    assert process.stop() == 0
+    for client in clients:
+        assert (await client.closed())[0] == 1001
+
+    process.start()
+    alice = await connect(process.ws_url)
+    snapshot = await alice.join("demo", "alice")
+    assert snapshot["revision"] == 15 and snapshot["seq"] == 5
+    assert snapshot["doc"]["parts"] == {user: part(5) for user in users}
+    await alice.send({"type": "update", "seq": 6, "part": KICK})
+    assert await alice.wait_for("ack") == {"type": "ack", "seq": 6, "revision": 16}
+    process.kill()
+
+    process.start()
+    bob = await connect(process.ws_url)
+    snapshot = await bob.join("demo", "bob")
+    assert snapshot["revision"] == 16 and snapshot["doc"]["parts"]["alice"] == KICK
+    process.stop()
+
+
+def test_second_server_on_same_directory_exits_1(serve_process: Any) -> None:
+    """A second server on a data directory in use exits 1 with one clear sentence; the first keeps serving."""
+    first: ServeProcess = serve_process()
+    second = subprocess.run(first.command(), capture_output=True, text=True, timeout=10 * TIME_UNIT)
+    assert second.returncode == 1
+    assert second.stdout == ""
+    assert second.stderr == (f"loopsync cannot start: another loopsync server is already using the data directory "
+                             f"{str(first.data_dir)!r}.\n")
+    assert first.process is not None and first.process.poll() is None
+    assert first.stop() == 0
+
+
+def test_port_0_prints_the_real_url(serve_process: Any) -> None:
+    """``serve --port 0`` prints one line with the port it really listens on, and that port answers."""
+    process: ServeProcess = serve_process()
+    assert re.fullmatch(r"loopsync is serving at http://127\.0\.0\.1:\d+/ \(store: sqlite, .+\)", process.banner)
+    assert process.port > 0
+    with socket.create_connection(("127.0.0.1", process.port), timeout=TIME_UNIT):
+        pass
+    assert process.stop() == 0
+
+
+# -- web client files ------------------------------------------------------------------
+
+
+async def test_static_files_are_served_with_no_cache_and_js_type(tmp_path: Path) -> None:
+    """/ serves index.html, .js is text/javascript, every file has Cache-Control: no-cache, nothing outside the directory."""
+    (tmp_path / "index.html").write_text("<!doctype html><title>loopsync</title>")
+    (tmp_path / "app.js").write_text("export const answer = 42;\n")
+    (tmp_path.parent / "secret.txt").write_text("no")
+    async with running(web_dir=tmp_path) as server, aiohttp.ClientSession() as session:
+        async with session.get(server.http_url) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/html")
+            assert response.headers["Cache-Control"] == "no-cache"
+            assert "loopsync" in await response.text()
+        async with session.get(server.http_url + "app.js") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].split(";")[0] == "text/javascript"
+            assert response.headers["Cache-Control"] == "no-cache"
+        for path in ("missing.js", "../secret.txt", "%2e%2e/secret.txt"):
+            async with session.get(server.http_url + path) as response:
+                assert response.status == 404, path

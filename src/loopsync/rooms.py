@@ -56,7 +56,8 @@ class Room:
         """Add a connection; refuse it when the room is full."""
         if len(self.members) >= MAX_MEMBERS:
             return Invalid("room_full", f"room {self.name!r} has {MAX_MEMBERS} connections already")
-        if user not in self.parts and len(self._users()) >= MAX_PARTS:
+        users = self._users()
+        if user not in users and len(users) >= MAX_PARTS:
             return Invalid("room_full", f"room {self.name!r} has {MAX_PARTS} users already")
         self.members[connection_id] = Member(user, playing, bpm)
         return None

@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import logging
 import signal
+import socket
 import sys
 from collections import deque
 from dataclasses import dataclass, field
@@ -48,6 +49,11 @@ OUTBOX_LIMIT: Final = 256
 RATE_BURST: Final = 40
 RATE_PER_SECOND: Final = 20.0
 CLOSE_TIMEOUT_SECONDS: Final = 10.0  # a closing handshake that takes longer is cut
+SEND_BUFFER_BYTES: Final = 16 * 1024
+"""Kernel send buffer and asyncio write buffer per WebSocket. Our frames are a
+few hundred bytes, so this is still many messages; it keeps a peer that stops
+reading from parking megabytes in the kernel (Linux autotunes loopback send
+buffers up to 4 MiB) and lets the outbox, not the socket, notice it quickly."""
 
 CLOSE_GOING_AWAY: Final = int(WSCloseCode.GOING_AWAY)  # 1001
 
@@ -292,10 +298,11 @@ class Server:
         ws = web.WebSocketResponse(
             compress=False,
             heartbeat=HEARTBEAT_SECONDS,
-            max_msg_size=protocol.MAX_FRAME_BYTES,
+            max_msg_size=protocol.MAX_FRAME_BYTES + 1,  # aiohttp refuses a payload >= the limit
             timeout=CLOSE_TIMEOUT_SECONDS,
         )
         await ws.prepare(request)
+        _limit_send_buffers(request.transport)
         loop = asyncio.get_running_loop()
         connection = _Connection(next(self._ids), ws, request.transport, loop.time())
         self.connections[connection.id] = connection
@@ -500,6 +507,16 @@ class Server:
                 connection.writer.cancel()
             connection.writer = asyncio.create_task(connection.close_too_slow())
             self._leave(connection)
+
+
+def _limit_send_buffers(transport: asyncio.Transport | None) -> None:
+    if transport is None:
+        return
+    transport.set_write_buffer_limits(high=SEND_BUFFER_BYTES)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
 
 @contextlib.asynccontextmanager
