@@ -28,8 +28,9 @@ function findOnsets(samples, minGap) {
 }
 
 /**
- * @param {{sampleRate: number, frames: number, processorOptions: any, minGap?: number}} options
- * @returns {Promise<{onsets: number[], messages: any[], status: any}>}
+ * @param {{sampleRate: number, frames: number, processorOptions: any, minGap?: number, windows?: number[][]}} options
+ *   `windows`: [from, to) frame ranges whose samples are returned as they are
+ * @returns {Promise<{onsets: number[], messages: any[], status: any, windows: number[][]}>}
  */
 async function renderClock(options) {
   const context = new OfflineAudioContext(1, options.frames, options.sampleRate);
@@ -52,7 +53,9 @@ async function renderClock(options) {
     statusArrived = resolve;
     node.port.postMessage({ type: 'status', id: 1 });
   });
-  return { onsets: findOnsets(rendered.getChannelData(0), options.minGap ?? 64), messages, status };
+  const samples = rendered.getChannelData(0);
+  const windows = (options.windows ?? []).map(([from, to]) => Array.from(samples.subarray(from, to)));
+  return { onsets: findOnsets(samples, options.minGap ?? 64), messages, status, windows };
 }
 
 // @ts-ignore
