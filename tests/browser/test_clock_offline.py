@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import pytest
-from conftest import HERE, LoopsyncServer, js_round
+from .loopsync_browser import HERE, LoopsyncServer, js_round
 from playwright.sync_api import Browser, Page
 
 QUANTUM = 128

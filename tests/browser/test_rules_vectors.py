@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import HERE, LoopsyncServer
+from .loopsync_browser import HERE, LoopsyncServer
 from playwright.sync_api import Browser
 
 VECTORS = HERE.parent / "vectors"
