@@ -480,3 +480,99 @@ async def test_static_files_are_served_with_no_cache_and_js_type(tmp_path: Path)
         for path in ("missing.js", "../secret.txt", "%2e%2e/secret.txt"):
             async with session.get(server.http_url + path) as response:
                 assert response.status == 404, path
+
+
+# -- a client that stops reading -------------------------------------------------------
+
+
+class NonReadingClient:
+    """A WebSocket client on a raw socket with a small receive buffer that does not read until told to."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @classmethod
+    async def connect(cls, port: int) -> NonReadingClient:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        request = (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        await loop.sock_sendall(sock, request.encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 1), TIME_UNIT)  # byte by byte: read no frame
+            assert chunk, "server closed during the handshake"
+            response += chunk
+        assert response.startswith(b"HTTP/1.1 101"), response
+        return cls(sock)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """One masked text frame (the mask is zero: masking is required, its value is not)."""
+        payload = json.dumps(message).encode()
+        assert len(payload) < 126
+        await asyncio.get_running_loop().sock_sendall(self.sock, bytes([0x81, 0x80 | len(payload), 0, 0, 0, 0]) + payload)
+
+    async def read_until_close(self) -> list[tuple[int, bytes]]:
+        """Read every frame up to and including the server's close frame, as (opcode, payload)."""
+        loop = asyncio.get_running_loop()
+        data = b""
+        frames: list[tuple[int, bytes]] = []
+        offset = 0
+        while not frames or frames[-1][0] != 0x8:
+            chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 5 * TIME_UNIT)
+            assert chunk, "the server closed the socket without a close frame"
+            data += chunk
+            while offset + 2 <= len(data):
+                opcode, length, start = data[offset] & 0x0F, data[offset + 1] & 0x7F, offset + 2
+                if length == 126:
+                    length, start = int.from_bytes(data[start:start + 2], "big"), start + 2
+                elif length == 127:
+                    length, start = int.from_bytes(data[start:start + 8], "big"), start + 8
+                if start + length > len(data):
+                    break
+                frames.append((opcode, data[start:start + length]))
+                offset = start + length
+        return frames
+
+
+async def test_client_that_stops_reading_is_closed_and_never_blocks_the_room(server: Server, connect: Connect) -> None:
+    """A client that stops reading is closed with 1008 "too slow" once its outbox is full; everyone else gets every update."""
+    slow = await NonReadingClient.connect(server.port)
+    await slow.send({"type": "hello", "v": 1, "room": "demo", "user": "slow"})
+    senders = [await joined(connect, server, f"user{index:02}") for index in range(20)]
+    seqs = list(range(1, RATE_BURST))  # hello took one token of each sender's burst
+    for client in senders:
+        await client.send({"type": "update", "seq": 1, "part": part(1)})
+        await client.wait_for("ack", seq=1)
+    for _ in range(RATE_BURST - 1):  # big snapshots fill the slow client's socket buffers
+        await slow.send({"type": "fetch"})
+
+    async def send_and_hear_everything(index: int, client: RawClient) -> None:
+        for seq in seqs[1:]:
+            await client.send({"type": "update", "seq": seq, "part": part(seq % 16)})
+        wanted = len(seqs) * len(senders)  # its own acks and every other sender's updates
+        while sum(1 for m in client.received if m["type"] in ("ack", "update")) < wanted:
+            await client.next(timeout=5 * TIME_UNIT)
+        heard: dict[str, list[int]] = {}
+        for message in client.received:  # wait_for above skipped (and kept) some of them
+            if message["type"] == "update":
+                heard.setdefault(message["user"], []).append(message["seq"])
+        assert heard == {f"user{other:02}": seqs for other in range(len(senders)) if other != index}
+        assert [m["seq"] for m in client.received if m["type"] == "ack"] == seqs
+
+    # Every sender hears every other sender's every update, in order, and gets all its acks.
+    await asyncio.gather(*(send_and_hear_everything(index, client) for index, client in enumerate(senders)))
+    # The slow client was dropped from the room...
+    await senders[0].send({"type": "transport", "playing": True})
+    users = (await senders[0].wait_for("presence"))["users"]
+    assert [entry["user"] for entry in users] == [f"user{index:02}" for index in range(len(senders))]
+    # ...and when it reads at last, it finds its close frame: 1008 "too slow".
+    frames = await slow.read_until_close()
+    slow.sock.close()
+    assert frames[-1] == (0x8, (1008).to_bytes(2, "big") + b"too slow")
+    texts = [json.loads(payload) for opcode, payload in frames if opcode == 0x1]
+    assert texts[0]["type"] == "snapshot"
+    assert sum(1 for text in texts if text["type"] == "update") < len(seqs) * len(senders)

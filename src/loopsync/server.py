@@ -300,6 +300,7 @@ class Server:
             heartbeat=HEARTBEAT_SECONDS,
             max_msg_size=protocol.MAX_FRAME_BYTES + 1,  # aiohttp refuses a payload >= the limit
             timeout=CLOSE_TIMEOUT_SECONDS,
+            writer_limit=SEND_BUFFER_BYTES,  # how often aiohttp checks for backpressure (default 256 KiB)
         )
         await ws.prepare(request)
         _limit_send_buffers(request.transport)
@@ -359,6 +360,12 @@ class Server:
                 self._send_error(connection, Invalid("rate_limited", f"more than {RATE_BURST} messages at once or {RATE_PER_SECOND:g} per second"), seq)
                 continue
             await self._handle(connection, parsed)
+            # aiohttp hands over frames that are already buffered without
+            # yielding; yield once per message so that a burst on one socket
+            # does not run ahead of the writers it fills (an outbox should only
+            # fill up because its peer is slow, never because its writer
+            # did not get a turn).
+            await asyncio.sleep(0)
 
     async def _handle(self, connection: _Connection, message: protocol.ClientMessage | Invalid) -> None:
         if isinstance(message, Invalid):
