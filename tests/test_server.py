@@ -576,3 +576,41 @@ async def test_client_that_stops_reading_is_closed_and_never_blocks_the_room(ser
     texts = [json.loads(payload) for opcode, payload in frames if opcode == 0x1]
     assert texts[0]["type"] == "snapshot"
     assert sum(1 for text in texts if text["type"] == "update") < len(seqs) * len(senders)
+
+
+# -- the spec's example ----------------------------------------------------------------
+
+PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+
+
+def example_exchange() -> list[tuple[str, str, str]]:
+    """The example at the end of docs/protocol.md as (user, '>' or '<', JSON text)."""
+    text = PROTOCOL_DOC.read_text()
+    block = text[text.index("## Example: two users"):]
+    block = block[block.index("```\n") + 4:]
+    block = block[:block.index("```")]
+    lines = []
+    for line in block.splitlines():
+        match = re.fullmatch(r"(\w+)([<>])\s+(\{.*\})", line)
+        if match:
+            lines.append((match[1], match[2], match[3]))
+    return lines
+
+
+async def test_protocol_example(server: Server, connect: Connect) -> None:
+    """The example exchange of docs/protocol.md, replayed against a real server, is exactly what the server says."""
+    exchange = example_exchange()
+    assert len(exchange) >= 15
+    clients: dict[str, RawClient] = {}
+    for user, direction, text in exchange:
+        if direction == ">":
+            if user not in clients:
+                clients[user] = await connect(server.ws_url)
+            await clients[user].send(text)
+        else:
+            frame = await clients[user].ws.receive(timeout=TIME_UNIT)
+            assert frame.type is aiohttp.WSMsgType.TEXT
+            assert frame.data == text, f"{user} expected\n{text}\ngot\n{frame.data}"
+    for client in clients.values():  # and nothing else came
+        await client.send({"type": "fetch"})
+        await client.expect("snapshot")
