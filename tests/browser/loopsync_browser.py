@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import math
 import os
 import select
@@ -9,8 +11,11 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable, Coroutine, TypeVar
 
 from playwright.sync_api import Page
+
+T = TypeVar("T")
 
 TIMEOUT_SCALE = float(os.environ.get("LOOPSYNC_TIMEOUT_SCALE", "1"))
 TIME_UNIT = 2.0 * TIMEOUT_SCALE
@@ -102,3 +107,9 @@ def wait_joined(page: Page) -> None:
 def js_round(value: float) -> int:
     """JavaScript's Math.round (halves go up), which the clock uses; Python's round() goes to even."""
     return math.floor(value + 0.5)
+
+
+def run_async(coroutine_function: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion on its own thread (Playwright's sync API owns this thread's event loop)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(coroutine_function())).result(timeout=10 * TIME_UNIT)
