@@ -382,3 +382,17 @@ async def test_close_waits_for_the_ack_of_an_update_in_flight(server: Any, start
     await asyncio.wait_for(closed[0], 2 * TIME_UNIT)
     assert alice_log.all("ack") and alice.sync.confirmed_seq == 1
     assert math.isfinite(alice_log.all("ack")[-1]["monotonic"])
+
+
+async def test_quit_while_playing_sends_the_last_edits_and_paused_does_not(server: Any, start: Start) -> None:
+    """Closing while playing sends an edit made since the last sync and waits for its ack; closing paused sends nothing."""
+    alice, alice_log = await start(server.ws_url, "alice", bpm=FAST)
+    await alice_log.next("sync", after=alice_log.mark())
+    alice.toggle(9)
+    await alice.close()
+    assert [e["message"]["part"]["steps"][9] for e in alice_log.all("sent", is_update)] == [1]
+    assert alice_log.all("ack") and not alice.sync.dirty()
+    bob, bob_log = await start(server.ws_url, "bob", bpm=FAST, playing=False)
+    bob.toggle(9)
+    await bob.close()
+    assert bob_log.all("sent", is_update) == []

@@ -147,9 +147,15 @@ class Client:
         ]
 
     async def close(self) -> None:
-        """Stop: wait a moment for updates in flight to be acknowledged, then close the connection."""
+        """Stop: send edits not yet sent (if playing), wait a moment for their acks, then close.
+
+        The last sync keeps a quit from losing an edit made during the final
+        loop (this client keeps nothing on disk); paused, it sends nothing.
+        """
         if self._closing:
             return
+        if self.clock.playing and self.joined:
+            self._send(self.sync.sync())
         deadline = time.monotonic() + CLOSE_WAIT_SECONDS
         while self.sync.in_flight and self.sync.connected and time.monotonic() < deadline:
             self._acked.clear()
