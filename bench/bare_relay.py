@@ -1,0 +1,77 @@
+"""The baseline of the fan-out benchmark: a bare WebSocket relay on loopsync's stack.
+
+aiohttp, the same WebSocket settings as ``loopsync serve`` (no compression,
+64 KiB frames), one bounded outbox per connection like loopsync's, and no
+rules at all: no validation, no store, no acks. ``hello`` puts a connection
+in a room and every later frame goes as is to the room's other connections.
+What loopsync costs on top of this is what the benchmark measures.
+
+Run: ``python bench/bare_relay.py --port 0`` (prints its URL like the server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+
+from aiohttp import WSMsgType, web
+
+OUTBOX_SIZE = 256
+
+
+async def _writer(ws: web.WebSocketResponse, outbox: asyncio.Queue[str]) -> None:
+    while True:
+        text = await outbox.get()
+        await ws.send_str(text)
+
+
+async def _relay(request: web.Request) -> web.WebSocketResponse:
+    rooms: dict[str, set[asyncio.Queue[str]]] = request.app["rooms"]
+    ws = web.WebSocketResponse(compress=False, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_SIZE)
+    writer = asyncio.create_task(_writer(ws, outbox))
+    members: set[asyncio.Queue[str]] | None = None
+    try:
+        async for message in ws:
+            if message.type != WSMsgType.TEXT:
+                continue
+            if members is None:
+                members = rooms.setdefault(json.loads(message.data)["room"], set())
+                members.add(outbox)
+                continue
+            for other in members:
+                if other is not outbox and not other.full():
+                    other.put_nowait(message.data)
+    finally:
+        if members is not None:
+            members.discard(outbox)
+        writer.cancel()
+    return ws
+
+
+async def _main(host: str, port: int) -> None:
+    app = web.Application()
+    app["rooms"] = {}
+    app.router.add_get("/ws", _relay)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    real_port = runner.addresses[0][1]
+    print(f"bare relay is serving at http://{host}:{real_port}/", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    asyncio.run(_main(args.host, args.port))
