@@ -92,6 +92,10 @@ def _check(sync: ClientSync, expected: dict[str, Any], where: str) -> None:
         assert sync.confirmed_seq == expected["confirmed_seq"], f"{where}: confirmed_seq"
 
 
+def _state(sync: ClientSync) -> str:
+    return json.dumps([sync.loop_parts, sync.own, sync.confirmed, sync.confirmed_seq, sync.next_seq, sorted(sync.in_flight.items())], sort_keys=True)
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s["name"] for s in SCENARIOS])
 def test_client_scenario(scenario: dict[str, Any]) -> None:
     """A scripted ClientSync scenario sends exactly the expected messages and reaches each checkpoint."""
@@ -100,8 +104,10 @@ def test_client_scenario(scenario: dict[str, Any]) -> None:
         where = f"step {index}: {json.dumps(step)[:120]}"
         if "do" in step:
             if step.get("expect_raises"):
+                before = _state(sync)
                 with pytest.raises(ValueError):
                     _call(sync, step)
+                assert _state(sync) == before, f"{where}: raised but changed the state"
             else:
                 sent = _call(sync, step) or []
                 assert sent == step.get("expect_sent", []), f"{where}: sent"
