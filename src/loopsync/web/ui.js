@@ -279,10 +279,13 @@ export class View {
 
   /**
    * @param {EventTarget | null} target
-   * @returns {boolean} true for fields where a space is typed, not a command
+   * @returns {boolean} true for fields where a space is typed (or opens a list), not a command
    */
   _isTextTarget(target) {
-    return target instanceof HTMLElement && (target.tagName === 'INPUT' || target.tagName === 'SELECT' || target.tagName === 'TEXTAREA');
+    if (!(target instanceof HTMLElement)) return false;
+    // A tempo field takes no spaces: space there still plays and pauses.
+    if (target instanceof HTMLInputElement) return target.type !== 'number';
+    return target.tagName === 'SELECT' || target.tagName === 'TEXTAREA';
   }
 
   /**

@@ -1,0 +1,81 @@
+"""The page itself: who you are, keyboard and mouse, read-only rows, sound and tempo."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable
+
+from playwright.sync_api import Page
+
+from .loopsync_browser import TIME_UNIT, LoopsyncServer, wait_joined
+
+_rooms = itertools.count()
+
+
+def test_the_name_is_asked_once_and_kept_and_user_overrides_it(open_page: Callable[..., Page], loopsync_server: LoopsyncServer) -> None:
+    """A first visit asks for a name and keeps it; a reload joins as that name; ?user= overrides it for one tab only."""
+    room = f"join{next(_rooms)}"
+    page = open_page(f"{loopsync_server.http_url}?room={room}", joined=False)
+    page.wait_for_selector("#join:not([hidden])")
+    page.fill("#join-name", "not a name")
+    page.press("#join-name", "Enter")
+    assert page.is_visible("#join")
+    page.fill("#join-name", "carol")
+    page.press("#join-name", "Enter")
+    wait_joined(page)
+    assert page.evaluate("() => window.loopsync.sync.me") == "carol"
+    page.reload()
+    wait_joined(page)
+    assert page.evaluate("() => window.loopsync.sync.me") == "carol"
+    assert page.is_hidden("#join")
+    other = page.context.new_page()
+    other.goto(f"{loopsync_server.http_url}?room={room}&user=dave")
+    wait_joined(other)
+    assert other.evaluate("() => window.loopsync.sync.me") == "dave"
+    page.reload()
+    wait_joined(page)
+    assert page.evaluate("() => window.loopsync.sync.me") == "carol"
+    page.wait_for_function("() => document.querySelectorAll('#presence li').length === 2")
+    assert page.locator("#presence li").all_inner_texts() == ["carol · paused · 120 BPM", "dave · paused · 120 BPM"]
+
+
+def test_keyboard_mouse_sound_tempo_and_read_only_rows(open_page: Callable[..., Page], loopsync_server: LoopsyncServer) -> None:
+    """Space plays and pauses, arrows and Enter edit the own row, others' rows are read-only, sound and tempo apply."""
+    room = f"keys{next(_rooms)}"
+    erin = open_page(f"{loopsync_server.http_url}?room={room}&user=erin")
+    frank = open_page(f"{loopsync_server.http_url}?room={room}&user=frank")
+    frank.click('.row.own .cell[data-step="2"]')
+    frank.keyboard.press("Space")  # play: sends it
+    erin.wait_for_selector('.row[data-user=frank] .cell[data-step="2"].on', timeout=5 * TIME_UNIT * 1000)
+    # Others' rows: not buttons, clicking changes nothing.
+    assert erin.locator(".row[data-user=frank] button").count() == 0
+    erin.click('.row[data-user=frank] .cell[data-step="5"]')
+    assert erin.evaluate("() => window.loopsync.sync.loopParts.frank.steps[5]") == 0
+    assert "frank" in erin.inner_text(".row[data-user=frank] .who")
+    # The own row by keyboard: Tab to it, arrows to move, Enter to toggle.
+    erin.focus('.row.own .cell[data-step="0"]')
+    erin.keyboard.press("ArrowRight")
+    erin.keyboard.press("ArrowRight")
+    erin.keyboard.press("Enter")
+    erin.keyboard.press("End")
+    erin.keyboard.press("Enter")
+    assert erin.evaluate("() => window.loopsync.sync.own.steps") == [0, 0, 1] + [0] * 12 + [1]
+    assert erin.get_attribute('.row.own .cell[data-step="2"]', "aria-pressed") == "true"
+    # Space while a step has focus is play/pause, not a toggle.
+    erin.keyboard.press("Space")
+    erin.wait_for_function("() => window.loopsync.events.some(e => e.type === 'state' && e.playing)")
+    assert erin.evaluate("() => window.loopsync.sync.own.steps[15]") == 1
+    assert erin.inner_text("#play") == "Pause"
+    erin.select_option("#sound", "clap")
+    erin.fill("#bpm", "150")
+    erin.press("#bpm", "Enter")
+    erin.dispatch_event("#bpm", "change")
+    erin.wait_for_function("async () => (await window.loopsync.status()).bpm === 150")
+    frank.wait_for_function(
+        "() => window.loopsync.sync.shared.erin && window.loopsync.sync.shared.erin.sound === 'clap'",
+        timeout=5 * TIME_UNIT * 1000,
+    )
+    frank.wait_for_selector("#presence li:has-text('erin · playing · 150 BPM')", timeout=5 * TIME_UNIT * 1000)
+    erin.keyboard.press("Space")
+    erin.wait_for_function("() => window.loopsync.events.filter(e => e.type === 'state' && !e.playing).length >= 1")
+    assert erin.inner_text("#play") == "Play"
