@@ -219,3 +219,17 @@ def test_own_edits_are_heard_when_the_playhead_reaches_them(offline_page: Page) 
     sounded = [(event["loop"], event["step"]) for event in steps_of(result["messages"]) if event["sounded"]]
     assert sounded[0] == (0, 6)
     assert result["onsets"][0] == js_round(6 * step_length)
+
+
+def test_a_room_of_another_step_count_loops_on_it(offline_page: Page) -> None:
+    """A room of 8 steps (told at start, or by a later `steps` command) loops every 8 steps, with its sync moments."""
+    sample_rate, bpm = 48000, 150
+    step_length = frames_per_step(sample_rate, bpm)
+    for options in ({"steps": 8, "script": [{"type": "play"}]},
+                    {"script": [{"type": "steps", "steps": 8}, {"type": "play"}]}):
+        result = render(offline_page, sample_rate=sample_rate, seconds=3.0,
+                        processorOptions={"bpm": bpm, "me": "me", **options})
+        events = steps_of(result["messages"])
+        assert [(event["loop"], event["step"]) for event in events[:10]] == [(0, s) for s in range(8)] + [(1, 0), (1, 1)]
+        syncs = [message for message in result["messages"] if message["type"] == "syncDue"]
+        assert [sync["frame"] for sync in syncs[:3]] == [js_round(loop * 8 * step_length) - 2400 for loop in (1, 2, 3)]

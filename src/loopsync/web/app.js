@@ -263,7 +263,9 @@ class App {
     } else if (message.type === 'snapshot') {
       this.view.setMessage('');
     }
+    const steps = this.sync.steps;
     this._send(this.sync.onMessage(message));
+    if (this.sync.steps !== steps) this.engine.post({ type: 'steps', steps: this.sync.steps });
     if (!this.sync.playing && (message.type === 'snapshot' || message.type === 'update')) this._postPartsNow();
     if (JSON.stringify(this.sync.own) !== this.postedOwnJson) {
       this._postOwn();

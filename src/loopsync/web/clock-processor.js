@@ -28,7 +28,7 @@
  * Messages to the processor (applied at the start of the next quantum, or,
  * with `atFrame`, at the first quantum starting at or after that own frame:
  * tests script an OfflineAudioContext that way):
- *   {type: 'play'} {type: 'pause'} {type: 'tempo', bpm} {type: 'lead', seconds}
+ *   {type: 'play'} {type: 'pause'} {type: 'tempo', bpm} {type: 'lead', seconds} {type: 'steps', steps}
  *   {type: 'own', part} {type: 'parts', id, loop, others}  (loop null: at once)
  *   {type: 'status', id}  (answered at once, not at the next quantum)
  * Messages from it:
@@ -251,6 +251,12 @@ class ClockProcessor extends AudioWorkletProcessor {
         break;
       case 'lead':
         this.leadFrames = this._leadFrames(command.seconds);
+        break;
+      case 'steps':
+        // The room's step count (fixed when the room was made): known from the first snapshot.
+        this.stepsPerLoop = command.steps;
+        this.timeline.stepsPerLoop = command.steps;
+        if (this.playing) this.nextSyncLoop = this._firstSyncLoopAfter(this.transportFrame);
         break;
       case 'own':
         this.own = command.part;
