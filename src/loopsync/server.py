@@ -37,7 +37,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from . import protocol
 from .document import Invalid
 from .protocol import Fetch, Hello, Transport, Update
-from .rooms import Room
+from .rooms import Accepted, Room
 from .store import MemoryStore, SqliteStore, Store, StoreError
 
 log = logging.getLogger("loopsync.server")
@@ -174,6 +174,10 @@ class _Connection:
                     await ws.send_str(entry)
         except ConnectionError:
             pass  # the peer is gone; the reader sees it too and cleans up
+        except Exception:
+            log.exception("internal error writing to connection %d (%s)", self.id, self.user)
+            if self.transport is not None:
+                self.transport.abort()  # the reader sees the connection end and cleans up
 
     async def close_too_slow(self) -> None:
         """Close a peer that does not read: replaces the writer, which is stuck waiting for the socket."""
@@ -203,7 +207,7 @@ class _RoomState:
     connections: dict[int, _Connection] = field(default_factory=dict)
 
     @classmethod
-    def restored(cls, name: str, records: list[Any]) -> _RoomState:
+    def restored(cls, name: str, records: list[Accepted]) -> _RoomState:
         """The room as the store has it."""
         live, committed = Room(name), Room(name)
         for accepted in records:
@@ -335,9 +339,15 @@ class Server:
         if writer is None:
             return
         if connection.closing:
-            # A close is queued (or a too-slow close runs): let it finish, it is bounded.
-            with contextlib.suppress(Exception):
-                await writer
+            # A close is queued (or a too-slow close runs): let it finish, but
+            # not forever (its writer may be stuck behind a peer that stopped reading).
+            try:
+                await asyncio.wait_for(writer, 2 * CLOSE_TIMEOUT_SECONDS)
+            except TimeoutError:
+                if connection.transport is not None:
+                    connection.transport.abort()
+            except Exception:
+                pass
         else:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
