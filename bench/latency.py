@@ -1,0 +1,398 @@
+"""Edit-to-ear latency: from one user's edit to the first loop of another user that plays it.
+
+Two headless clients (``loopsync.client.Client``) in this process join one
+room of a real server (``python -m loopsync serve --store sqlite`` in a
+subprocess, every update committed before it is acknowledged). Alice plays at
+``--bpm-a`` (default 300 BPM: a 0.800 s loop) and edits her part at random
+moments (a gap drawn uniformly from 0 to 0.4 s, so about 5 edits a second);
+Bob plays at ``--bpm-b`` (default 233 BPM: a 1.030 s loop) and hears them.
+The tempi are faster than a musician's so that a one-minute run gives a few
+hundred edits; the bound scales with the loop lengths, so the shares below do
+not depend on them.
+
+Both clients stamp their events with ``time.monotonic()`` in one process, so
+times compare directly. For every edit:
+
+- latency: from the edit (Alice's toggle) to the ``loop_start`` of Bob's first
+  loop whose parts include it (the time the event was emitted, so the clock
+  task's own lateness counts against us);
+- network: from Alice's send (her sync moment that queued the update) to Bob's
+  receipt of that update (the server's commit included);
+- bound (DESIGN.md): Alice's loop + Bob's loop + lead + network;
+- first possible Loop Start: the edit must be played from Bob's first loop
+  whose sync ran after the update arrived at Bob.
+
+Every loop of Bob is also checked to play exactly the part of Alice it took
+at its sync (never a half-applied document).
+
+Alice's edits walk a Gray code (each flips one step, chosen through a random
+permutation of the steps), so her part never takes the same pattern twice:
+no two edits cancel each other, every update is a new pattern, and the
+pattern a loop of Bob plays names the update it came from. What Bob plays is
+read from his ``loop_start`` events, not inferred from his syncs, so a loop
+that played stale or foreign data shows up as one.
+
+Usage::
+
+    python bench/latency.py            # about a minute, a few hundred edits
+    python bench/latency.py --long     # five minutes
+    python bench/latency.py --smoke    # a few seconds (the test suite)
+
+Exit code 0 when every edit was heard, within the bound, from the first
+possible Loop Start, and every loop played what its sync took; 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from loopsync.client import Client, Event
+
+ROOM = "latency"
+STEPS = 16
+KEPT_EVENTS = frozenset({"edit", "sync", "sync_missed", "loop_start", "received", "ack", "connected", "disconnected", "error"})
+
+
+# -- the server under test --------------------------------------------------------------
+
+
+class ServeProcess:
+    """``python -m loopsync serve --store sqlite`` as a subprocess; restartable on its port and directory."""
+
+    def __init__(self, data_dir: Path, port: int = 0) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.log_path = data_dir.parent / "serve.log"
+        self.process: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    async def start(self) -> None:
+        """Start (on a free port the first time, on the same port after) and wait for its banner."""
+        command = [sys.executable, "-m", "loopsync", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--store", "sqlite", "--data", str(self.data_dir)]
+        with open(self.log_path, "ab") as log_file:
+            self.process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, stderr=log_file)
+        assert self.process.stdout is not None
+        try:
+            line = (await asyncio.wait_for(self.process.stdout.readline(), 30)).decode()
+        except asyncio.TimeoutError:
+            line = ""
+        prefix = "loopsync is serving at http://127.0.0.1:"
+        if not line.startswith(prefix):
+            await self.stop(signal.SIGKILL)
+            raise RuntimeError(f"loopsync serve did not start: {line!r}; log: {self.log_path.read_text()[-2000:]}")
+        self.port = int(line[len(prefix):].split("/", 1)[0])
+        self.starts += 1
+
+    async def stop(self, signal_number: int = signal.SIGTERM) -> int | None:
+        """Send a signal (SIGTERM: clean shutdown; SIGKILL: none at all) and wait for the exit."""
+        process = self.process
+        if process is None:
+            return None
+        if process.returncode is None:
+            process.send_signal(signal_number)
+        try:
+            return await asyncio.wait_for(process.wait(), 30)
+        except asyncio.TimeoutError:
+            process.kill()
+            return await process.wait()
+
+
+# -- figures --------------------------------------------------------------------------
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The nearest-rank percentile of ``values`` (NaN when empty)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+
+
+def loop_seconds(bpm: float) -> float:
+    """One loop of 16 sixteenth notes at ``bpm``."""
+    return 60.0 / bpm / 4 * STEPS
+
+
+def text_histogram(values: list[float], bound: float, bins: int = 20, width: int = 40) -> list[str]:
+    """Lines of a text histogram of ``values`` from 0 to the bound (and beyond, if any value is)."""
+    top = max([bound, *values]) if values else bound
+    size = bound / bins
+    count = max(bins, math.ceil(top / size))
+    counts = [0] * count
+    for value in values:
+        counts[min(count - 1, int(value / size))] += 1
+    peak = max(counts) or 1
+    lines = []
+    for index, number in enumerate(counts):
+        low, high = index * size, (index + 1) * size
+        bar = "#" * round(number / peak * width)
+        mark = "  <- bound" if low < bound <= high + 1e-9 else ""
+        lines.append(f"  {low:5.2f}-{high:5.2f} s {number:5d} {bar}{mark}")
+    return lines
+
+
+# -- the run ------------------------------------------------------------------------
+
+
+def gray_walk(order: list[int], start: int) -> Iterator[int]:
+    """Steps to toggle so that the part walks a Gray code from ``start``: never the same pattern twice (for 2^16 - start edits)."""
+    for k in range(start + 1, 2 ** len(order)):
+        yield order[(k & -k).bit_length() - 1]  # gray(k) and gray(k - 1) differ in the lowest set bit of k
+
+
+@dataclass
+class Run:
+    """What one run recorded: every kept event of both clients, in the order they happened."""
+
+    bpm_a: float
+    bpm_b: float
+    lead: float
+    log: list[tuple[str, Event]] = field(default_factory=list)
+
+
+async def record(url: str, bpm_a: float, bpm_b: float, lead: float, seconds: float, mean_gap: float, seed: int) -> Run:
+    """Play Alice and Bob against ``url``; Alice edits for ``seconds``; return the event log."""
+    rng = random.Random(seed)
+    run = Run(bpm_a, bpm_b, lead)
+    order = list(range(STEPS))
+    rng.shuffle(order)
+    walk = gray_walk(order, rng.randrange(1, 2**12))
+    alice: Client
+
+    def on_alice(event: Event) -> None:
+        if event["event"] == "sync":
+            if event["sent"]:
+                event["seq"] = max(alice.sync.in_flight)
+        if event["event"] in KEPT_EVENTS and event["event"] != "received":
+            run.log.append(("A", event))
+
+    bob_seen = {"latest": 0, "synced": 0, "played": 0}  # Alice's seqs: latest received, taken at sync, playing
+
+    def on_bob(event: Event) -> None:
+        name = event["event"]
+        if name == "received" and event["message"].get("type") == "update" and event["message"].get("user") == "alice":
+            bob_seen["latest"] = max(bob_seen["latest"], int(event["message"]["seq"]))
+        elif name == "sync":
+            bob_seen["synced"] = bob_seen["latest"]
+        elif name == "loop_start":
+            bob_seen["played"] = bob_seen["synced"]
+        if name in KEPT_EVENTS:
+            run.log.append(("B", event))
+
+    alice = Client(url, ROOM, "alice", bpm=bpm_a, lead_seconds=lead, sound="kick", on_event=on_alice)
+    bob = Client(url, ROOM, "bob", bpm=bpm_b, lead_seconds=lead, sound="hat", on_event=on_bob)
+    async with alice, bob:
+        await asyncio.wait_for(asyncio.gather(alice.wait_joined(), bob.wait_joined()), 30)
+        await asyncio.sleep(max(loop_seconds(bpm_a), loop_seconds(bpm_b)) + 0.1)  # both past a first sync
+        end = time.monotonic() + seconds
+        for _ in range(int(seconds / mean_gap * 3) + 1):  # bounded in count as well as in time
+            await asyncio.sleep(rng.uniform(0.0, 2 * mean_gap))
+            if time.monotonic() >= end:
+                break
+            alice.toggle(next(walk))
+        # Drain: until Bob's loop has started with Alice's last confirmed part, or a few bounds have passed.
+        bound = loop_seconds(bpm_a) + loop_seconds(bpm_b) + lead
+        deadline = time.monotonic() + 3 * bound + 2
+        while time.monotonic() < deadline:
+            if not alice.sync.dirty() and not alice.sync.in_flight and bob_seen["played"] >= alice.sync.confirmed_seq:
+                break
+            await asyncio.sleep(0.05)
+    return run
+
+
+def analyse(run: Run) -> dict[str, Any]:
+    """Per-edit latency, network, bound and first-possible check; per-loop checks; summary figures.
+
+    The log is in the order things happened (one process, one event loop), so
+    "before" and "after" below are exact, not a comparison of stamps.
+    """
+    edits: list[dict[str, Any]] = []
+    waiting: list[dict[str, Any]] = []  # Alice's edits not yet in an update
+    sent_at: dict[int, float] = {}  # Alice's update seq -> her sync moment that queued it
+    seq_of_pattern: dict[tuple[int, ...], int] = {}  # what Bob received from Alice, by pattern
+    received_at: dict[int, tuple[int, float]] = {}  # seq -> (log index, time) of Bob's receipt
+    latest_at_bob = 0
+    taken_at_sync = 0  # Alice's seq that Bob's last sync took
+    played: dict[int, int] = {}  # Bob's loop -> Alice's seq it played (-1: a pattern Bob never received)
+    loop_started: dict[int, Event] = {}
+    syncs_run: list[tuple[int, int]] = []  # (log index, loop) of Bob's syncs that ran
+    missed: dict[str, int] = {"A": 0, "B": 0}
+    not_as_synced: list[int] = []
+    acks = 0
+    errors: list[Event] = []
+    disconnects = 0
+    for index, (who, event) in enumerate(run.log):
+        name = event["event"]
+        if name == "error":
+            errors.append(event)
+        elif name == "disconnected":
+            disconnects += 1
+        elif name == "sync_missed":
+            missed[who] += 1
+        if who == "A":
+            if name == "edit":
+                edit = {"edit": event["monotonic"]}
+                edits.append(edit)
+                waiting.append(edit)
+            elif name == "sync" and event["sent"]:
+                sent_at[event["seq"]] = event["monotonic"]
+                for edit in waiting:
+                    edit["seq"] = event["seq"]
+                waiting = []
+            elif name == "ack":
+                acks += 1
+        elif name == "received" and event["message"].get("type") == "update" and event["message"].get("user") == "alice":
+            seq = int(event["message"]["seq"])
+            seq_of_pattern[tuple(event["message"]["part"]["steps"])] = seq
+            received_at[seq] = (index, event["monotonic"])
+            latest_at_bob = max(latest_at_bob, seq)
+        elif name == "sync":
+            taken_at_sync = latest_at_bob
+            syncs_run.append((index, event["loop"]))
+        elif name == "loop_start":
+            loop = event["loop"]
+            part = event["parts"].get("alice")
+            played[loop] = 0 if part is None else seq_of_pattern.get(tuple(part["steps"]), -1)
+            loop_started[loop] = event
+            if played[loop] != taken_at_sync:
+                not_as_synced.append(loop)
+    lateness = [event["monotonic"] - event["due"] for event in loop_started.values()]
+    bound_fixed = loop_seconds(run.bpm_a) + loop_seconds(run.bpm_b) + run.lead
+    for edit in edits:
+        seq = edit.get("seq")
+        edit["heard"] = False
+        if seq is None or seq not in received_at:
+            continue
+        receipt_index, receipt_time = received_at[seq]
+        edit["network"] = receipt_time - sent_at[seq]
+        edit["bound"] = bound_fixed + edit["network"]
+        heard_loop = next((loop for loop in sorted(played) if played[loop] >= seq), None)
+        if heard_loop is None:
+            continue
+        start = loop_started[heard_loop]
+        edit.update(heard=True, loop=heard_loop, latency=start["due"] - edit["edit"], latency_emitted=start["monotonic"] - edit["edit"])
+        edit["within"] = edit["latency"] <= edit["bound"]
+        first = next((loop for sync_index, loop in syncs_run if sync_index > receipt_index), None)
+        edit["first_possible_loop"] = first
+        edit["first_possible"] = first == heard_loop
+        # Arrived after the sync moment of a loop that had not started yet: it waits that loop out, by the rule.
+        before = loop_started.get(first - 1) if first is not None else None
+        edit["in_lead_window"] = before is not None and before["monotonic"] > receipt_time
+    heard = [e for e in edits if e["heard"]]
+    latencies = [e["latency"] for e in heard]
+    emitted = [e["latency_emitted"] for e in heard]
+    networks = [e["network"] for e in heard]
+    mean_network = statistics.fmean(networks) if networks else 0.0
+    return {
+        "bpm_a": run.bpm_a, "bpm_b": run.bpm_b, "lead_s": run.lead,
+        "loop_a_s": loop_seconds(run.bpm_a), "loop_b_s": loop_seconds(run.bpm_b), "bound_without_network_s": bound_fixed,
+        "edits": len(edits), "updates": len(sent_at), "acks": acks, "heard": len(heard),
+        "latency_s": {"min": min(latencies, default=math.nan), "p50": percentile(latencies, 0.5), "p90": percentile(latencies, 0.9),
+                      "max": max(latencies, default=math.nan), "mean": statistics.fmean(latencies) if latencies else math.nan},
+        "latency_emitted_s": {"p50": percentile(emitted, 0.5), "p90": percentile(emitted, 0.9), "max": max(emitted, default=math.nan)},
+        "network_ms": {"p50": percentile(networks, 0.5) * 1000, "p90": percentile(networks, 0.9) * 1000, "max": max(networks, default=math.nan) * 1000},
+        "model_mean_s": (loop_seconds(run.bpm_a) + loop_seconds(run.bpm_b)) / 2 + run.lead + mean_network,
+        "within_bound": sum(1 for e in heard if e["within"]),
+        "within_bound_emitted": sum(1 for e in heard if e["latency_emitted"] <= e["bound"]),
+        "smallest_margin_s": min((e["bound"] - e["latency"] for e in heard), default=math.nan),
+        "first_possible": sum(1 for e in heard if e["first_possible"]),
+        "in_lead_window": sum(1 for e in heard if e["in_lead_window"]),
+        "bob_loops": len(loop_started), "bob_loops_not_as_synced": not_as_synced,
+        "missed_syncs": missed, "loop_start_lateness_ms": {"p50": percentile(lateness, 0.5) * 1000, "max": max(lateness, default=math.nan) * 1000},
+        "errors": [{"code": e.get("code"), "message": e.get("message")} for e in errors], "disconnects": disconnects,
+        "histogram": text_histogram(latencies, bound_fixed + max(networks, default=0.0)),
+        "per_edit": edits,
+    }
+
+
+def ok(figures: dict[str, Any]) -> bool:
+    """The verdict: every edit heard, within the bound, at the first possible Loop Start; every loop as synced."""
+    return (figures["edits"] > 0 and figures["heard"] == figures["edits"] and figures["within_bound"] == figures["edits"]
+            and figures["first_possible"] == figures["edits"] and not figures["bob_loops_not_as_synced"] and not figures["errors"])
+
+
+def report(figures: dict[str, Any], seconds: float) -> str:
+    """The figures as text for people."""
+    f = figures
+    n = f["edits"] or 1
+    lat, net = f["latency_s"], f["network_ms"]
+    lines = [
+        f"Edit-to-ear latency: alice at {f['bpm_a']:g} BPM (loop {f['loop_a_s']:.3f} s) edits at random moments for {seconds:g} s,",
+        f"  bob at {f['bpm_b']:g} BPM (loop {f['loop_b_s']:.3f} s) hears; lead {f['lead_s'] * 1000:.0f} ms; server: loopsync serve --store sqlite",
+        f"edits: {f['edits']} in {f['updates']} updates ({f['acks']} acknowledged); heard by bob: {f['heard']}/{f['edits']}",
+        f"latency, edit -> bob's Loop Start that plays it: p50 {lat['p50']:.3f} s  p90 {lat['p90']:.3f} s  max {lat['max']:.3f} s"
+        f"  (min {lat['min']:.3f}, mean {lat['mean']:.3f})",
+        f"  (to the moment bob's loop_start event was emitted: p50 {f['latency_emitted_s']['p50']:.3f} s, max {f['latency_emitted_s']['max']:.3f} s;"
+        f" within the bound {f['within_bound_emitted']}/{f['edits']})",
+        f"network, alice's send -> bob's receipt (commit included): p50 {net['p50']:.1f} ms  p90 {net['p90']:.1f} ms  max {net['max']:.1f} ms",
+        f"bound (DESIGN.md) = alice's loop + bob's loop + lead + network = {f['bound_without_network_s']:.3f} s + network",
+        f"  baseline: uniform random edit moments give a mean of (loop A + loop B) / 2 + lead + network = {f['model_mean_s']:.3f} s;"
+        f" measured mean {lat['mean']:.3f} s",
+        f"within the bound: {f['within_bound']}/{f['edits']} ({f['within_bound'] / n:.1%}); smallest margin {f['smallest_margin_s'] * 1000:.0f} ms",
+        f"taken up at the first possible Loop Start (bob's first sync after the update arrived): {f['first_possible']}/{f['edits']}"
+        f" ({f['first_possible'] / n:.1%}); {f['in_lead_window']} of them arrived inside the lead (after a sync moment, before its"
+        f" Loop Start) and rightly waited one more loop",
+        f"bob's loops: {f['bob_loops']}, playing other than what their sync took: {len(f['bob_loops_not_as_synced'])};"
+        f" missed syncs: alice {f['missed_syncs']['A']}, bob {f['missed_syncs']['B']};"
+        f" loop start emitted late by p50 {f['loop_start_lateness_ms']['p50']:.1f} ms, max {f['loop_start_lateness_ms']['max']:.1f} ms",
+    ]
+    if f["errors"] or f["disconnects"]:
+        lines.append(f"errors: {f['errors']}; disconnects: {f['disconnects']}")
+    lines.append("latency histogram (bins of a twentieth of the largest bound):")
+    lines += f["histogram"]
+    lines.append("verdict: " + ("OK" if ok(f) else "FAILED"))
+    return "\n".join(lines)
+
+
+async def run_benchmark(seconds: float, bpm_a: float, bpm_b: float, lead: float, mean_gap: float, seed: int) -> dict[str, Any]:
+    """Start a SQLite server in a temporary directory, record a run against it, analyse it."""
+    with tempfile.TemporaryDirectory(prefix="loopsync-latency-") as tmp:
+        server = ServeProcess(Path(tmp) / "data")
+        await server.start()
+        try:
+            run = await record(server.ws_url, bpm_a, bpm_b, lead, seconds, mean_gap, seed)
+        finally:
+            await server.stop()
+    return analyse(run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="loopsync edit-to-ear latency between two headless clients")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--long", action="store_true", help="edit for 300 s instead of 60")
+    length.add_argument("--smoke", action="store_true", help="edit for 3 s (the test suite)")
+    length.add_argument("--seconds", type=float, help="edit for this many seconds")
+    parser.add_argument("--bpm-a", type=float, default=300.0, help="alice's tempo, the editor (default 300)")
+    parser.add_argument("--bpm-b", type=float, default=233.0, help="bob's tempo, the listener (default 233)")
+    parser.add_argument("--lead", type=float, default=0.05, help="both clients' lead in seconds (default 0.05)")
+    parser.add_argument("--gap", type=float, default=0.2, help="mean seconds between edits (default 0.2)")
+    parser.add_argument("--seed", type=int, default=1, help="random seed of the edit moments and steps")
+    parser.add_argument("--json", type=Path, help="write every figure, and every edit, to this file")
+    args = parser.parse_args(argv)
+    seconds = args.seconds or (300.0 if args.long else 3.0 if args.smoke else 60.0)
+    figures = asyncio.run(run_benchmark(seconds, args.bpm_a, args.bpm_b, args.lead, args.gap, args.seed))
+    print(report(figures, seconds), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    return 0 if ok(figures) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The benchmarks keep working: a few seconds of each command, and their checkers catch what they are meant to catch."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from loopsync.client import Event
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import latency  # noqa: E402  (a script in bench/)
+
+
+def run_bench(script: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run ``bench/<script> args`` with this Python; its output and exit code."""
+    return subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=timeout, cwd=BENCH.parent)
+
+
+def test_latency_smoke(tmp_path: Path) -> None:
+    """bench/latency.py --smoke: every edit heard, within the bound, from the first possible Loop Start."""
+    result = run_bench("latency.py", "--smoke", "--json", str(tmp_path / "latency.json"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads((tmp_path / "latency.json").read_text())
+    assert figures["edits"] >= 3
+    assert figures["heard"] == figures["within_bound"] == figures["first_possible"] == figures["edits"]
+    assert figures["bob_loops_not_as_synced"] == []
+    assert re.search(r"p50 \d+\.\d+ s +p90 \d+\.\d+ s +max \d+\.\d+ s", result.stdout)
+    assert "verdict: OK" in result.stdout
+
+
+def test_soak_smoke(tmp_path: Path) -> None:
+    """bench/soak.py --smoke: clients, cuts and a server restart; nothing acknowledged is lost and every copy agrees."""
+    result = run_bench("soak.py", "--smoke", "--json", str(tmp_path / "soak.json"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads((tmp_path / "soak.json").read_text())
+    assert figures["ok"] and figures["lost"] == 0 and figures["restarts"] == 1
+    assert figures["acknowledged"] > 0 and figures["cuts"] > 0
+    assert re.search(r"acknowledged: \d+ .*lost: 0", result.stdout)
+    assert "verdict: OK" in result.stdout
+
+
+def test_fanout_smoke() -> None:
+    """bench/fanout.py --smoke exits 0 and names loopsync's throughput as a ratio of the relay's."""
+    result = run_bench("fanout.py", "--smoke")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"throughput\S*:? *\d+(\.\d+)?", result.stdout), result.stdout
+
+
+# -- the latency checker fails when it should ----------------------------------------------
+
+
+PART_1 = {"sound": "kick", "steps": [1] + [0] * 15}
+PART_2 = {"sound": "kick", "steps": [1, 1] + [0] * 14}
+
+
+def _event(name: str, monotonic: float, **fields: Any) -> Event:
+    return {"event": name, "monotonic": monotonic, **fields}
+
+
+def _log(second_loop_plays: dict[str, Any]) -> list[tuple[str, Event]]:
+    """Alice edits twice; Bob receives both updates before the sync of loop 2, whose loop plays ``second_loop_plays``."""
+    loop = 1.0
+    return [
+        ("B", _event("loop_start", 0.0, loop=0, due=0.0, parts={})),
+        ("A", _event("edit", 0.10, part=PART_1)),
+        ("A", _event("sync", 0.20, loop=1, loop_start=0.25, taken=[], sent=True, seq=1)),
+        ("B", _event("received", 0.21, message={"type": "update", "user": "alice", "seq": 1, "revision": 1, "part": PART_1})),
+        ("B", _event("sync", 0.95, loop=1, loop_start=1.0, taken=["alice"], sent=False)),
+        ("B", _event("loop_start", 1.0, loop=1, due=1.0, parts={"alice": PART_1})),
+        ("A", _event("edit", 1.10, part=PART_2)),
+        ("A", _event("sync", 1.20, loop=2, loop_start=1.25, taken=[], sent=True, seq=2)),
+        ("B", _event("received", 1.21, message={"type": "update", "user": "alice", "seq": 2, "revision": 2, "part": PART_2})),
+        ("B", _event("sync", 1.95, loop=2, loop_start=2.0, taken=["alice"], sent=False)),
+        ("B", _event("loop_start", 2.0, loop=2, due=2.0, parts=second_loop_plays)),
+        ("B", _event("sync", 2.95, loop=3, loop_start=3.0, taken=[], sent=False)),
+        ("B", _event("loop_start", 2.0 + loop, loop=3, due=2.0 + loop, parts={"alice": PART_2})),
+    ]
+
+
+def test_latency_checker_passes_a_loop_that_plays_its_sync() -> None:
+    """A timeline that follows the rules passes: both edits heard at the first Loop Start after their arrival."""
+    run = latency.Run(bpm_a=300, bpm_b=233, lead=0.05, log=_log({"alice": PART_2}))
+    figures = latency.analyse(run)
+    assert latency.ok(figures), figures
+    assert [edit["loop"] for edit in figures["per_edit"]] == [1, 2]
+    assert [round(edit["latency"], 3) for edit in figures["per_edit"]] == [0.9, 0.9]
+
+
+def test_latency_checker_catches_a_loop_that_plays_stale_data() -> None:
+    """A loop that plays an older part than its sync took fails, and the edit counts as taken up late."""
+    run = latency.Run(bpm_a=300, bpm_b=233, lead=0.05, log=_log({"alice": PART_1}))
+    figures = latency.analyse(run)
+    assert not latency.ok(figures)
+    assert figures["bob_loops_not_as_synced"] == [2]
+    assert figures["first_possible"] == 1
+    assert figures["per_edit"][1]["loop"] == 3
