@@ -32,11 +32,22 @@ pattern a loop of Bob plays names the update it came from. What Bob plays is
 read from his ``loop_start`` events, not inferred from his syncs, so a loop
 that played stale or foreign data shows up as one.
 
+``--browser`` does the same with two pages of the web client in headless
+Chromium (``--chromium``, default ``/usr/bin/chromium``): Alice's page edits
+through ``window.loopsync.toggleStep`` at random moments; every event the
+pages record is stamped with ``performance.timeOrigin + performance.now()``,
+one clock for all pages of the browser; what Bob hears is read from his
+clock processor's frame-stamped ``step`` events (which users sounded on each
+step), and his Loop Start is the frame it played on, mapped to that clock by
+the earliest arrival of a step event relative to its frame (when the audio
+thread rendered it; the output device's latency is not included).
+
 Usage::
 
-    python bench/latency.py            # about a minute, a few hundred edits
-    python bench/latency.py --long     # five minutes
-    python bench/latency.py --smoke    # a few seconds (the test suite)
+    python bench/latency.py             # about a minute, a few hundred edits
+    python bench/latency.py --long      # five minutes
+    python bench/latency.py --smoke     # a few seconds (the test suite)
+    python bench/latency.py --browser   # the same with two browser pages
 
 Exit code 0 when every edit was heard, within the bound, from the first
 possible Loop Start, and every loop played what its sync took; 1 otherwise.
@@ -276,10 +287,10 @@ def analyse(run: Run) -> dict[str, Any]:
     lateness = [event["monotonic"] - event["due"] for event in loop_started.values()]
     bound_fixed = loop_seconds(run.bpm_a) + loop_seconds(run.bpm_b) + run.lead
     for edit in edits:
-        seq = edit.get("seq")
         edit["heard"] = False
-        if seq is None or seq not in received_at:
+        if edit.get("seq") not in received_at:
             continue
+        seq = int(edit["seq"])
         receipt_index, receipt_time = received_at[seq]
         edit["network"] = receipt_time - sent_at[seq]
         edit["bound"] = bound_fixed + edit["network"]
@@ -333,13 +344,15 @@ def report(figures: dict[str, Any], seconds: float) -> str:
     f = figures
     n = f["edits"] or 1
     lat, net = f["latency_s"], f["network_ms"]
+    browser = f.get("client") == "browser"
     lines = [
-        f"Edit-to-ear latency: alice at {f['bpm_a']:g} BPM (loop {f['loop_a_s']:.3f} s) edits at random moments for {seconds:g} s,",
+        ("Browser pages (headless Chromium): " if browser else "Headless clients: ") + f"alice at {f['bpm_a']:g} BPM (loop {f['loop_a_s']:.3f} s) edits at random moments for {seconds:g} s,",
         f"  bob at {f['bpm_b']:g} BPM (loop {f['loop_b_s']:.3f} s) hears; lead {f['lead_s'] * 1000:.0f} ms; server: loopsync serve --store sqlite",
         f"edits: {f['edits']} in {f['updates']} updates ({f['acks']} acknowledged); heard by bob: {f['heard']}/{f['edits']}",
         f"latency, edit -> bob's Loop Start that plays it: p50 {lat['p50']:.3f} s  p90 {lat['p90']:.3f} s  max {lat['max']:.3f} s"
         f"  (min {lat['min']:.3f}, mean {lat['mean']:.3f})",
-        f"  (to the moment bob's loop_start event was emitted: p50 {f['latency_emitted_s']['p50']:.3f} s, max {f['latency_emitted_s']['max']:.3f} s;"
+        f"  (to the moment bob's {'page heard of that Loop Start' if browser else 'loop_start event was emitted'}:"
+        f" p50 {f['latency_emitted_s']['p50']:.3f} s, max {f['latency_emitted_s']['max']:.3f} s;"
         f" within the bound {f['within_bound_emitted']}/{f['edits']})",
         f"network, alice's send -> bob's receipt (commit included): p50 {net['p50']:.1f} ms  p90 {net['p90']:.1f} ms  max {net['max']:.1f} ms",
         f"bound (DESIGN.md) = alice's loop + bob's loop + lead + network = {f['bound_without_network_s']:.3f} s + network",
@@ -350,8 +363,9 @@ def report(figures: dict[str, Any], seconds: float) -> str:
         f" ({f['first_possible'] / n:.1%}); {f['in_lead_window']} of them arrived inside the lead (after a sync moment, before its"
         f" Loop Start) and rightly waited one more loop",
         f"bob's loops: {f['bob_loops']}, playing other than what their sync took: {len(f['bob_loops_not_as_synced'])};"
-        f" missed syncs: alice {f['missed_syncs']['A']}, bob {f['missed_syncs']['B']};"
-        f" loop start emitted late by p50 {f['loop_start_lateness_ms']['p50']:.1f} ms, max {f['loop_start_lateness_ms']['max']:.1f} ms",
+        + (f" answers applied after their Loop Start: {f['missed_syncs']['B']}; the page heard of a Loop Start"
+           if browser else f" missed syncs: alice {f['missed_syncs']['A']}, bob {f['missed_syncs']['B']}; loop start emitted")
+        + f" late by p50 {f['loop_start_lateness_ms']['p50']:.1f} ms, max {f['loop_start_lateness_ms']['max']:.1f} ms",
     ]
     if f["errors"] or f["disconnects"]:
         lines.append(f"errors: {f['errors']}; disconnects: {f['disconnects']}")
@@ -373,8 +387,207 @@ async def run_benchmark(seconds: float, bpm_a: float, bpm_b: float, lead: float,
     return analyse(run)
 
 
+# -- the same with two browser pages ------------------------------------------------------
+
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run", "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows",
+]
+
+# Stamps every event the page records with performance.timeOrigin + performance.now() (one clock
+# for every page of the browser), and keeps them in an unbounded list of our own. Alice's sync also
+# records the update it sent; Bob's sync the part of Alice it handed to his clock.
+_INSTRUMENT_JS = """() => {
+  const app = window.loopsync.app;
+  const bench = window.__bench = { events: [] };
+  const original = app._event.bind(app);
+  app._event = (event) => {
+    const copy = { ...event, t: performance.timeOrigin + performance.now() };
+    if (event.type === 'sync') {
+      const others = app.posted.get(event.id) || {};
+      copy.alice = others.alice ? others.alice.steps.join('') : null;
+      if (event.sent > 0) {
+        const update = app.connection.sentLog.filter((m) => m.type === 'update').at(-1);
+        copy.seq = update.seq;
+        copy.pattern = update.part.steps.join('');
+      }
+    }
+    bench.events.push(copy);
+    original(event);
+  };
+}"""
+
+# Alice's user: edits at random moments (Math.random gaps), walking a Gray code, for `seconds`.
+_EDIT_JS = """({ seconds, gap, order, start }) => {
+  const bench = window.__bench;
+  const end = performance.now() + seconds * 1000;
+  let k = start;
+  const next = () => {
+    if (performance.now() >= end) { bench.editing = false; return; }
+    k += 1;
+    const step = order[31 - Math.clz32(k & -k)];
+    const t = performance.timeOrigin + performance.now();
+    window.loopsync.toggleStep(step);
+    bench.events.push({ type: 'edit', t, step });
+    setTimeout(next, Math.random() * 2 * gap * 1000);
+  };
+  bench.editing = true;
+  setTimeout(next, Math.random() * 2 * gap * 1000);
+}"""
+
+
+def _start_server_sync(data_dir: Path) -> tuple[Any, int]:
+    """``loopsync serve --store sqlite`` for the browser run (Playwright's sync API owns this thread's event loop)."""
+    import select
+    import subprocess
+
+    process = subprocess.Popen([sys.executable, "-m", "loopsync", "serve", "--host", "127.0.0.1", "--port", "0", "--store", "sqlite",
+                                "--data", str(data_dir)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 30)
+    line = process.stdout.readline() if ready else ""
+    prefix = "loopsync is serving at http://127.0.0.1:"
+    if not line.startswith(prefix):
+        process.kill()
+        raise RuntimeError(f"loopsync serve did not start: {line!r}")
+    return process, int(line[len(prefix):].split("/", 1)[0])
+
+
+def record_browser(chromium: str, seconds: float, bpm_a: float, bpm_b: float, lead: float, mean_gap: float, seed: int) -> dict[str, Any]:
+    """Two pages in headless Chromium against a SQLite server; Alice edits; return both pages' stamped events."""
+    from playwright.sync_api import sync_playwright
+
+    rng = random.Random(seed)
+    order = list(range(STEPS))
+    rng.shuffle(order)
+    with tempfile.TemporaryDirectory(prefix="loopsync-latency-") as tmp:
+        process, port = _start_server_sync(Path(tmp) / "data")
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+                pages = {}
+                for user, bpm in (("alice", bpm_a), ("bob", bpm_b)):
+                    page = browser.new_context().new_page()
+                    page.goto(f"http://127.0.0.1:{port}/?room={ROOM}&user={user}&bpm={bpm:g}&lead={lead:g}")
+                    page.wait_for_function("() => window.loopsync && window.loopsync.app.engine.node && window.loopsync.sync.connected",
+                                           timeout=30_000)
+                    page.evaluate(_INSTRUMENT_JS)
+                    pages[user] = page
+                for page in pages.values():
+                    page.evaluate("() => window.loopsync.play()")
+                pages["alice"].wait_for_timeout((max(loop_seconds(bpm_a), loop_seconds(bpm_b)) + 0.1) * 1000)
+                pages["alice"].evaluate(_EDIT_JS, {"seconds": seconds, "gap": mean_gap, "order": order, "start": rng.randrange(1, 2**12)})
+                pages["alice"].wait_for_function("() => window.__bench.editing === false", timeout=(seconds + 30) * 1000, polling=200)
+                # Drain: a few bounds, so that Bob plays Alice's last update.
+                pages["bob"].wait_for_timeout((2 * (loop_seconds(bpm_a) + loop_seconds(bpm_b)) + 1) * 1000)
+                recorded = {user: page.evaluate("() => window.__bench.events") for user, page in pages.items()}
+                recorded["sample_rate"] = pages["bob"].evaluate("() => window.loopsync.context.sampleRate")
+                browser.close()
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    return recorded
+
+
+def analyse_browser(recorded: dict[str, Any], bpm_a: float, bpm_b: float, lead: float) -> dict[str, Any]:
+    """The figures of :func:`analyse` from two pages' events; Bob's Loop Start is the frame his clock played it on."""
+    edits: list[dict[str, Any]] = []
+    waiting: list[dict[str, Any]] = []
+    sent_at: dict[int, float] = {}
+    seq_of_pattern: dict[str, int] = {"0" * STEPS: 0}
+    for event in recorded["alice"]:
+        if event["type"] == "edit":
+            edit = {"edit": event["t"] / 1000}
+            edits.append(edit)
+            waiting.append(edit)
+        elif event["type"] == "sync" and event.get("seq") is not None:
+            sent_at[event["seq"]] = event["t"] / 1000
+            seq_of_pattern[event["pattern"]] = event["seq"]
+            for edit in waiting:
+                edit["seq"] = event["seq"]
+            waiting = []
+    sample_rate = float(recorded["sample_rate"])
+    bob = recorded["bob"]
+    steps = [e for e in bob if e["type"] == "step"]
+    # The audio thread renders a step's quantum, then posts it; the earliest arrival relative to
+    # its frame is the best estimate of "rendered now", so it maps Bob's frames to the page clock.
+    offset = min(e["t"] / 1000 - e["frame"] / sample_rate for e in steps)
+    heard_steps: dict[int, dict[int, bool]] = {}
+    loop_start: dict[int, tuple[float, float]] = {}  # loop -> (Loop Start on the audio clock, when the page heard of it)
+    for e in steps:
+        heard_steps.setdefault(e["loop"], {})[e["step"]] = "alice" in e["sounded"]
+        if e["step"] == 0:
+            loop_start[e["loop"]] = (offset + e["frame"] / sample_rate, e["t"] / 1000)
+    played: dict[int, int] = {}
+    for loop, heard in heard_steps.items():
+        if len(heard) == STEPS and loop in loop_start:
+            played[loop] = seq_of_pattern.get("".join("1" if heard[i] else "0" for i in range(STEPS)), -1)
+    received_at: dict[int, tuple[int, float]] = {}
+    syncs_run: list[tuple[int, int]] = []
+    taken: dict[int, int] = {}
+    applied_late = 0
+    sync_ids: dict[int, int] = {}
+    for index, e in enumerate(bob):
+        if e["type"] == "recv" and e.get("kind") == "update" and e.get("user") == "alice":
+            received_at[e["seq"]] = (index, e["t"] / 1000)
+        elif e["type"] == "sync":
+            syncs_run.append((index, e["loop"]))
+            taken[e["loop"]] = seq_of_pattern.get(e["alice"] or "0" * STEPS, -1)
+            sync_ids[e["id"]] = e["loop"]
+        elif e["type"] == "applied" and e["id"] in sync_ids and e.get("atLoopStart") != sync_ids[e["id"]]:
+            applied_late += 1
+    not_as_synced = [loop for loop in sorted(played) if loop in taken and played[loop] != taken[loop]]
+    bound_fixed = loop_seconds(bpm_a) + loop_seconds(bpm_b) + lead
+    for edit in edits:
+        seq = edit.get("seq")
+        edit["heard"] = False
+        if seq is None or seq not in received_at:
+            continue
+        receipt_index, receipt_time = received_at[seq]
+        edit["network"] = receipt_time - sent_at[seq]
+        edit["bound"] = bound_fixed + edit["network"]
+        heard_loop = next((loop for loop in sorted(played) if played[loop] >= seq), None)
+        if heard_loop is None:
+            continue
+        on_clock, page_heard = loop_start[heard_loop]
+        edit.update(heard=True, loop=heard_loop, latency=on_clock - edit["edit"], latency_emitted=page_heard - edit["edit"])
+        edit["within"] = edit["latency"] <= edit["bound"]
+        first = next((loop for sync_index, loop in syncs_run if sync_index > receipt_index), None)
+        edit["first_possible_loop"] = first
+        edit["first_possible"] = first == heard_loop
+        before = loop_start.get(first - 1) if first is not None else None
+        edit["in_lead_window"] = before is not None and before[0] > receipt_time
+    heard_edits = [e for e in edits if e["heard"]]
+    latencies = [e["latency"] for e in heard_edits]
+    emitted = [e["latency_emitted"] for e in heard_edits]
+    networks = [e["network"] for e in heard_edits]
+    lateness = [page - clock for clock, page in loop_start.values()]
+    return {
+        "client": "browser", "bpm_a": bpm_a, "bpm_b": bpm_b, "lead_s": lead,
+        "loop_a_s": loop_seconds(bpm_a), "loop_b_s": loop_seconds(bpm_b), "bound_without_network_s": bound_fixed,
+        "edits": len(edits), "updates": len(sent_at), "acks": len(sent_at), "heard": len(heard_edits),
+        "latency_s": {"min": min(latencies, default=math.nan), "p50": percentile(latencies, 0.5), "p90": percentile(latencies, 0.9),
+                      "max": max(latencies, default=math.nan), "mean": statistics.fmean(latencies) if latencies else math.nan},
+        "latency_emitted_s": {"p50": percentile(emitted, 0.5), "p90": percentile(emitted, 0.9), "max": max(emitted, default=math.nan)},
+        "network_ms": {"p50": percentile(networks, 0.5) * 1000, "p90": percentile(networks, 0.9) * 1000, "max": max(networks, default=math.nan) * 1000},
+        "model_mean_s": (loop_seconds(bpm_a) + loop_seconds(bpm_b)) / 2 + lead + (statistics.fmean(networks) if networks else 0.0),
+        "within_bound": sum(1 for e in heard_edits if e["within"]),
+        "within_bound_emitted": sum(1 for e in heard_edits if e["latency_emitted"] <= e["bound"]),
+        "smallest_margin_s": min((e["bound"] - e["latency"] for e in heard_edits), default=math.nan),
+        "first_possible": sum(1 for e in heard_edits if e["first_possible"]),
+        "in_lead_window": sum(1 for e in heard_edits if e["in_lead_window"]),
+        "bob_loops": len(played), "bob_loops_not_as_synced": not_as_synced + ([-1] * applied_late),
+        "missed_syncs": {"A": 0, "B": applied_late},
+        "loop_start_lateness_ms": {"p50": percentile(lateness, 0.5) * 1000, "max": max(lateness, default=math.nan) * 1000},
+        "errors": [], "disconnects": sum(1 for e in bob + recorded["alice"] if e["type"] == "disconnected"),
+        "histogram": text_histogram(latencies, bound_fixed + max(networks, default=0.0)),
+        "per_edit": edits,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="loopsync edit-to-ear latency between two headless clients")
+    parser = argparse.ArgumentParser(description="loopsync edit-to-ear latency between two clients")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--long", action="store_true", help="edit for 300 s instead of 60")
     length.add_argument("--smoke", action="store_true", help="edit for 3 s (the test suite)")
@@ -385,9 +598,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap", type=float, default=0.2, help="mean seconds between edits (default 0.2)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the edit moments and steps")
     parser.add_argument("--json", type=Path, help="write every figure, and every edit, to this file")
+    parser.add_argument("--browser", action="store_true", help="two pages in headless Chromium instead of two headless clients")
+    parser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium binary for --browser")
     args = parser.parse_args(argv)
     seconds = args.seconds or (300.0 if args.long else 3.0 if args.smoke else 60.0)
-    figures = asyncio.run(run_benchmark(seconds, args.bpm_a, args.bpm_b, args.lead, args.gap, args.seed))
+    if args.browser:
+        recorded = record_browser(args.chromium, seconds, args.bpm_a, args.bpm_b, args.lead, args.gap, args.seed)
+        figures = analyse_browser(recorded, args.bpm_a, args.bpm_b, args.lead)
+    else:
+        figures = asyncio.run(run_benchmark(seconds, args.bpm_a, args.bpm_b, args.lead, args.gap, args.seed))
     print(report(figures, seconds), flush=True)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

@@ -219,7 +219,7 @@ async def read_snapshot(url: str, room: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(url) as ws:
             await ws.send_str(json.dumps({"type": "hello", "v": 1, "room": room, "user": "auditor"}))
-            message = json.loads(await ws.receive_str(timeout=10))
+            message: dict[str, Any] = json.loads(await ws.receive_str(timeout=10))
             assert message["type"] == "snapshot", message
             return message
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -31,6 +32,18 @@ def test_latency_smoke(tmp_path: Path) -> None:
     assert figures["heard"] == figures["within_bound"] == figures["first_possible"] == figures["edits"]
     assert figures["bob_loops_not_as_synced"] == []
     assert re.search(r"p50 \d+\.\d+ s +p90 \d+\.\d+ s +max \d+\.\d+ s", result.stdout)
+    assert "verdict: OK" in result.stdout
+
+
+def test_latency_browser_smoke(tmp_path: Path) -> None:
+    """bench/latency.py --browser --smoke: two Chromium pages, every edit heard from the first possible Loop Start."""
+    chromium = os.environ.get("LOOPSYNC_CHROMIUM", "/usr/bin/chromium")
+    result = run_bench("latency.py", "--browser", "--chromium", chromium, "--smoke", "--json", str(tmp_path / "latency.json"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads((tmp_path / "latency.json").read_text())
+    assert figures["client"] == "browser" and figures["edits"] >= 3
+    assert figures["heard"] == figures["within_bound"] == figures["first_possible"] == figures["edits"]
+    assert figures["bob_loops_not_as_synced"] == []
     assert "verdict: OK" in result.stdout
 
 
