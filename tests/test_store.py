@@ -133,3 +133,13 @@ async def test_memory_store_keeps_the_latest_part_per_user() -> None:
     assert store.load_rooms() == {"demo": [Accepted("demo", "alice", 2, 2, HAT)]}
     assert await store.load_room("demo") == [Accepted("demo", "alice", 2, 2, HAT)]
     await store.close()
+
+
+async def test_a_cancelled_save_is_still_committed(sqlite_store: SqliteStore) -> None:
+    """A caller that goes away while its save waits does not take the record out of its batch."""
+    saving = asyncio.ensure_future(sqlite_store.save(Accepted("demo", "alice", 1, 1, KICK)))
+    await asyncio.sleep(0)  # let the save queue its record
+    saving.cancel()
+    await sqlite_store.flush()
+    assert stored_rows(sqlite_store.path) == [("demo", "alice", 1, 1)]
+    await sqlite_store.close()

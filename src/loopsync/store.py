@@ -212,16 +212,16 @@ class SqliteStore:
     async def save(self, accepted: Accepted) -> None:
         """Queue the update for the next transaction and return once that transaction is committed."""
         self._require_open()
-        # shield: a caller that goes away (its connection closed) does not take
-        # the record out of a batch that is already on its way to the disk.
-        await asyncio.shield(self._enqueue(accepted))
+        # A caller that goes away (its connection closed) cancels only its
+        # future: the record stays in its batch and is committed all the same.
+        await self._enqueue(accepted)
 
     async def flush(self) -> None:
         """Wait until every ``save`` started so far has been committed (or has failed)."""
         if self._committing is None:
             return
         try:
-            await asyncio.shield(self._enqueue(None))
+            await self._enqueue(None)
         except StoreError:
             pass  # the failure belongs to the saves of that batch; they report it
 
