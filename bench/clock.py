@@ -1,0 +1,539 @@
+"""Clock accuracy: the loopsync web client against a main-thread lookahead scheduler, same machine, same run.
+
+In headless Chromium, two pages play sixteenths at 120 BPM (5512.5 frames per
+step at 44.1 kHz, so rounding matters) of one short sharp sound (the client's
+own ``hat``: its first sample is non-zero, its tail exact zeros):
+
+- ``loopsync``: the web client served by a real ``loopsync serve`` (memory
+  store), its own part all 16 steps; the clock runs on the audio thread
+  (``src/loopsync/web/clock-processor.js``);
+- ``baseline``: ``bench/clock_baseline.html``, the usual "A Tale of Two
+  Clocks" scheduler: a ``setTimeout`` every 25 ms schedules, on the audio
+  timeline, every step of the next 100 ms as an ``AudioBufferSourceNode``
+  (the same hat, rendered by the client's ``voices.js``), at the same frames
+  ``start + round(n * framesPerStep)``.
+
+Each page plays under three conditions, its main thread:
+
+- ``idle``: left alone;
+- ``block 300 ms/1 s``: busy 300 ms every second (from 1.75 s after play,
+  phased so that every sync moment of the loopsync page falls in a block);
+- ``one 2 s block``: busy once for 2 s, a third of the way through.
+
+Both pages record what reaches the destination with the same recorder
+``AudioWorklet`` (``tests/browser/onset_recorder.js``: it counts its own
+frames; an onset is the first non-zero sample after at least 64 exact zeros)
+and go through the same analysis (``analyse``):
+
+- the grid: origin + round(n * framesPerStep) for n = 0 .. steps - 1, where
+  the origin is the first recorded onset (the only thing fitted); steps is
+  seconds x 8;
+- an onset belongs to step n if it falls in [grid(n) - 1/4 step,
+  grid(n) + 3/4 step) (a scheduler can only be late); a step with no onset
+  is missing, a second onset in a step's window is extra;
+- error: onset - grid(n) in samples (max of |error|, standard deviation);
+- drift: the slope of a least-squares line through error against grid
+  position, in ppm (parts per million of elapsed frames).
+
+The reference is the audio clock itself (the frames the recorder counts):
+what is measured is whether each page puts its steps on the frames it means
+to, not the output device's rate against the wall clock.
+
+By default the six page x condition runs play at once, 60 s each, in one
+Chromium (each page in its own browser context, hence its own renderer
+process and main thread): about 1.5 minutes in all, on a machine that then
+also carries the busy loops of the blocked pages (two cores held 30 % of the
+time, one for 2 s). ``--serial`` runs one condition at a time (its two pages
+side by side: about 3.5 minutes). ``--seconds`` sets the length of each run,
+``--long`` plays 10 minutes.
+
+Usage::
+
+    python bench/clock.py                    # 60 s per run, all at once
+    python bench/clock.py --serial           # one condition at a time
+    python bench/clock.py --long             # 600 s per run
+    python bench/clock.py --seconds 5 --json clock.json --plot clock.png
+
+Prints a table. Exit code 0 when the loopsync page met the target in every
+condition (0 missing, 0 extra, max error <= 1 sample, no drift: the
+fitted line moves less than one sample over the run); 1
+otherwise. The baseline's figures are reported, not judged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import Browser, BrowserContext, Page, Route, sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RECORDER = ROOT / "tests" / "browser" / "onset_recorder.js"
+
+BPM = 120
+STEPS_PER_BEAT = 4
+SOUND = "hat"
+DEFAULT_SECONDS = 60.0
+LONG_SECONDS = 600.0
+BLOCK_PHASE_SECONDS = 1.75
+"""Blocks start this long after play: the 16th step of the first 2 s loop, just before its sync moment."""
+TAIL_SECONDS = 0.5
+"""Recorded past the last step's window before the recorder is read."""
+
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    # Several pages play at once: none may have its timers throttled as a
+    # background page (that would handicap the baseline, not the test's block).
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+]
+
+PAGES = ("loopsync", "baseline")
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    label: str
+    mode: str  # "none", "periodic", "once"
+    block_ms: int = 0
+    period_ms: int = 0
+
+
+CONDITIONS = (
+    Condition("idle", "idle", "none"),
+    Condition("block300", "block 300 ms/1 s", "periodic", 300, 1000),
+    Condition("block2s", "one 2 s block", "once", 2000),
+)
+
+
+def js_round(value: float) -> int:
+    """JavaScript's Math.round (halves go up), which both pages use; Python's round() goes to even."""
+    return math.floor(value + 0.5)
+
+
+# -- analysis (pure) ---------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    page: str
+    condition: str
+    expected: int
+    found: int
+    missing: int
+    extra: int
+    max_error: int
+    """max |onset - grid| in samples over the found onsets"""
+    std_error: float
+    mean_error: float
+    drift_ppm: float
+    sample_rate: float
+    frames_per_step: float
+    errors: list[tuple[int, int]] = field(default_factory=list)
+    """(step, error in samples) of every found onset"""
+    missing_steps: list[int] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def meets_target(self) -> bool:
+        # No drift: the fitted line moves less than one sample over the whole run.
+        run_frames = self.expected * self.frames_per_step
+        return self.missing == 0 and self.extra == 0 and self.max_error <= 1 and abs(self.drift_ppm) * 1e-6 * run_frames < 1
+
+
+def analyse(onsets: list[int], steps: int, frames_per_step: float, sample_rate: float,
+            page: str = "", condition: str = "") -> Figures:
+    """Match recorded onset frames to the grid origin + round(n * frames_per_step), n < steps; origin = first onset."""
+    found: dict[int, int] = {}
+    extra = 0
+    if onsets:
+        origin = onsets[0]
+        for frame in onsets:
+            step = math.floor((frame - origin) / frames_per_step + 0.25)
+            if step >= steps:
+                break
+            error = frame - (origin + js_round(step * frames_per_step))
+            if step in found:
+                extra += 1
+            else:
+                found[step] = error
+    errors = sorted(found.items())
+    values = [error for _, error in errors]
+    drift = 0.0
+    if len(errors) >= 2:
+        xs = [js_round(step * frames_per_step) for step, _ in errors]
+        mean_x = statistics.fmean(xs)
+        mean_y = statistics.fmean(values)
+        spread = sum((x - mean_x) ** 2 for x in xs)
+        if spread > 0:
+            drift = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, values)) / spread * 1e6
+    return Figures(
+        page=page, condition=condition, expected=steps, found=len(found), missing=steps - len(found), extra=extra,
+        max_error=max((abs(value) for value in values), default=0),
+        std_error=statistics.pstdev(values) if values else 0.0,
+        mean_error=statistics.fmean(values) if values else 0.0,
+        drift_ppm=drift, sample_rate=sample_rate, frames_per_step=frames_per_step, errors=errors,
+        missing_steps=[step for step in range(steps) if step not in found],
+    )
+
+
+# -- the pages ---------------------------------------------------------------------
+
+ATTACH_RECORDER = """async ([source, which]) => {
+  const hook = which === 'loopsync' ? window.loopsync : window.baseline;
+  const context = hook.context;
+  const url = URL.createObjectURL(new Blob([source], {type: 'application/javascript'}));
+  await context.audioWorklet.addModule(url);
+  const recorder = new AudioWorkletNode(context, 'onset-recorder', {numberOfInputs: 1, numberOfOutputs: 1});
+  const silent = new GainNode(context, {gain: 0});
+  hook.output.connect(recorder);
+  recorder.connect(silent).connect(context.destination);
+  window.benchRecorder = recorder;
+  window.benchContext = context;
+}"""
+
+FLUSH_RECORDER = """() => new Promise((resolve) => {
+  window.benchRecorder.port.onmessage = (event) => resolve(event.data);
+  window.benchRecorder.port.postMessage({type: 'flush'});
+})"""
+
+START_BLOCKER = """([mode, firstStepTime, phaseSeconds, blockMs, periodSeconds]) => {
+  // Blocks are aimed at the page's AUDIO clock (first step + phase + k periods), so they fall on the
+  // same place against the steps in every run and on every page.
+  const context = window.benchContext;
+  window.benchBlocks = [];
+  if (mode === 'none') return;
+  const target = () => firstStepTime + phaseSeconds + window.benchBlocks.length * periodSeconds;
+  const busy = () => {
+    const audioTime = context.currentTime;
+    const begin = performance.now();
+    while (performance.now() < begin + blockMs) {}  // stuck: no events, no messages, no timers
+    window.benchBlocks.push([audioTime, (performance.now() - begin) / 1000]);
+  };
+  const arm = () => {
+    window.benchBlocker = setTimeout(fire, Math.max(0, (target() - context.currentTime) * 1000));
+  };
+  const fire = () => {
+    if (context.currentTime < target() - 0.001) {  // woke before the audio clock got there
+      arm();
+      return;
+    }
+    busy();
+    if (mode === 'periodic') arm();
+  };
+  arm();
+}"""
+
+
+class Run:
+    """One page under one condition, in its own browser context."""
+
+    def __init__(self, browser: Browser, server_url: str, page_kind: str, condition: Condition, seconds: float,
+                 room_prefix: str = "clock") -> None:
+        self.kind = page_kind
+        self.condition = condition
+        self.seconds = seconds
+        self.steps = int(seconds * BPM / 60 * STEPS_PER_BEAT)
+        self.errors: list[str] = []
+        self.context: BrowserContext = browser.new_context()
+        self.page: Page = self.context.new_page()
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("console", lambda message: self.errors.append(message.text) if message.type == "error"
+                     and "favicon" not in message.text else None)
+        if page_kind == "loopsync":
+            self.page.goto(f"{server_url}?room={room_prefix}-{condition.name}&user=bench&bpm={BPM}")
+            self.page.wait_for_function(
+                "() => window.loopsync && window.loopsync.app.engine.node && window.loopsync.sync.connected",
+                timeout=30_000)
+            self.page.select_option("#sound", SOUND)
+            self.page.evaluate("() => { for (let step = 0; step < 16; step++) window.loopsync.toggleStep(step); }")
+        else:
+            self.page.route("**/bench/clock_baseline.*", _serve_bench_file)
+            self.page.goto(f"{server_url}bench/clock_baseline.html?bpm={BPM}&sound={SOUND}")
+            self.page.wait_for_function("() => window.baseline", timeout=30_000)
+        self.page.evaluate(ATTACH_RECORDER, [RECORDER.read_text(), page_kind])
+        self.sample_rate: float = self.page.evaluate("() => window.benchContext.sampleRate")
+        self.frames_per_step = self.sample_rate * 60 / BPM / STEPS_PER_BEAT
+        self.first_step_time = 0.0
+        """audio time of the first step (exact for the baseline, to a few ms for loopsync)"""
+        self.blocks: list[list[float]] = []
+        """[audio time at its start, seconds] of every block"""
+        self.baseline_stats: dict[str, Any] = {}
+
+    @property
+    def end_time(self) -> float:
+        """Audio time after which every step's window has been recorded."""
+        return self.first_step_time + (self.steps - 0.25) * self.frames_per_step / self.sample_rate + TAIL_SECONDS
+
+    def play(self) -> None:
+        """Start playing; then the blocks, if any, aimed at the audio clock from the first step."""
+        if self.kind == "loopsync":
+            # The clock starts at its next render quantum: the first step is within a few ms of now.
+            self.first_step_time = self.page.evaluate(
+                "() => { const t = window.benchContext.currentTime; window.loopsync.play(); return t; }")
+        else:
+            self.first_step_time = self.page.evaluate("() => window.baseline.play()")  # exact: startFrame / sampleRate
+        condition = self.condition
+        phase = BLOCK_PHASE_SECONDS
+        if condition.mode == "once":
+            # A third of the way through, on the same phase against the 2 s loop as the periodic blocks.
+            phase += 2 * math.floor(self.seconds / 3 / 2)
+            if phase + condition.block_ms / 1000 > self.seconds:
+                phase = BLOCK_PHASE_SECONDS
+        self.page.evaluate(START_BLOCKER, [condition.mode, self.first_step_time, phase, condition.block_ms,
+                                           condition.period_ms / 1000])
+
+    def audio_time(self) -> float:
+        return float(self.page.evaluate("() => window.benchContext.currentTime"))
+
+    def finish(self) -> Figures:
+        self.blocks = self.page.evaluate("() => { clearTimeout(window.benchBlocker); return window.benchBlocks; }")
+        recorded = self.page.evaluate(FLUSH_RECORDER)
+        if self.kind == "baseline":
+            self.baseline_stats = self.page.evaluate("() => { window.baseline.stop(); return window.baseline.stats(); }")
+        else:
+            self.page.evaluate("() => window.loopsync.pause()")
+        figures = analyse(recorded["onsets"], self.steps, self.frames_per_step, self.sample_rate,
+                          self.kind, self.condition.name)
+        figures.notes = {
+            "blocks": len(self.blocks), "blocked_ms": round(sum(length for _, length in self.blocks) * 1000),
+            # [start, seconds] of each block, from the first step (audio time, to a few ms)
+            "block_times": [[round(start - self.first_step_time, 3), round(length, 3)] for start, length in self.blocks],
+            "peak": recorded["peak"],
+            "recorded_frames": recorded["frame"], "page_errors": self.errors,
+        }
+        if self.baseline_stats:
+            figures.notes["scheduled_late"] = self.baseline_stats["late"]
+            figures.notes["max_late_ms"] = round(self.baseline_stats["maxLateSeconds"] * 1000, 1)
+        self.context.close()
+        return figures
+
+
+def _serve_bench_file(route: Route) -> None:
+    name = route.request.url.split("?", 1)[0].rsplit("/", 1)[-1]
+    path = BENCH / name
+    if name not in ("clock_baseline.html", "clock_baseline.js") or not path.is_file():
+        route.fulfill(status=404, body="not found\n")
+        return
+    content_type = "text/html" if name.endswith(".html") else "text/javascript"
+    route.fulfill(status=200, body=path.read_text(), content_type=content_type, headers={"Cache-Control": "no-cache"})
+
+
+def run_group(browser: Browser, server_url: str, conditions: tuple[Condition, ...], seconds: float,
+              room_prefix: str = "clock") -> list[Figures]:
+    """Both pages under every given condition, all at once; returns their figures."""
+    runs = [Run(browser, server_url, kind, condition, seconds, room_prefix)
+            for condition in conditions for kind in PAGES]
+    for run in runs:
+        run.play()
+    deadline = time.monotonic() + seconds * 2 + 60
+    pending = list(runs)
+    while pending:
+        pending = [run for run in pending if run.audio_time() < run.end_time]
+        if time.monotonic() > deadline:
+            raise TimeoutError("the pages' audio clocks did not reach the end of the run")
+        if pending:
+            time.sleep(0.25)  # polling the pages' audio clocks
+    return [run.finish() for run in runs]
+
+
+def run_all(browser: Browser, server_url: str, seconds: float, serial: bool = False,
+            conditions: tuple[Condition, ...] = CONDITIONS, room_prefix: str = "clock") -> list[Figures]:
+    """Every page x condition: at once, or one condition (two pages) at a time."""
+    if not serial:
+        return run_group(browser, server_url, conditions, seconds, room_prefix)
+    figures: list[Figures] = []
+    for condition in conditions:
+        figures += run_group(browser, server_url, (condition,), seconds, room_prefix)
+    return figures
+
+
+# -- server, report ----------------------------------------------------------------
+
+
+class Server:
+    """``python -m loopsync serve --store memory --port 0`` as a subprocess."""
+
+    def __init__(self, data_dir: Path) -> None:
+        command = [sys.executable, "-m", "loopsync", "serve", "--host", "127.0.0.1", "--port", "0",
+                   "--store", "memory", "--data", str(data_dir)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], 30)
+        line = self.process.stdout.readline() if ready else ""
+        prefix = "loopsync is serving at "
+        if not line.startswith(prefix):
+            self.close()
+            raise RuntimeError(f"loopsync serve did not start: {line!r}")
+        self.url = line[len(prefix):].split(" ", 1)[0]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def table(figures: list[Figures]) -> str:
+    header = ("page", "condition", "expected", "found", "missing", "extra", "max err (samples)", "std (samples)",
+              "drift (ppm)", "blocks", "target")
+    rows = [header]
+    label = {condition.name: condition.label for condition in CONDITIONS}
+    for figure in figures:
+        rows.append((
+            figure.page, label.get(figure.condition, figure.condition), str(figure.expected), str(figure.found),
+            str(figure.missing), str(figure.extra),
+            f"{figure.max_error} ({figure.max_error / figure.sample_rate * 1000:.1f} ms)" if figure.max_error > 1
+            else str(figure.max_error),
+            f"{figure.std_error:.2f}", f"{figure.drift_ppm:.2f}",
+            f"{figure.notes.get('blocks', 0)} ({figure.notes.get('blocked_ms', 0) / 1000:.1f} s)",
+            "met" if figure.meets_target else "missed",
+        ))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def svg_plot(figures: list[Figures], condition: str = "block300") -> str:
+    """Onset error (ms) over time of both pages under one condition: blocks shaded, missing steps as red ticks."""
+    chosen = sorted((figure for figure in figures if figure.condition == condition), key=lambda f: f.page != "baseline")
+    width, height, left, right, top, bottom = 760, 320, 60, 20, 62, 45
+    plot_w, plot_h = width - left - right, height - top - bottom
+    seconds = max(figure.expected * figure.frames_per_step / figure.sample_rate for figure in chosen)
+    errors_ms = [error / figure.sample_rate * 1000 for figure in chosen for _, error in figure.errors]
+    y_max = max(10.0, math.ceil(max(errors_ms, default=0) / 10) * 10)
+    y_min = -y_max / 10
+
+    def x_at(time_s: float) -> float:
+        return left + plot_w * min(max(time_s, 0.0), seconds) / seconds
+
+    def y_of(ms: float) -> float:
+        return top + plot_h * (y_max - ms) / (y_max - y_min)
+
+    label = {item.name: item.label for item in CONDITIONS}.get(condition, condition)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           f'font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{left}" y="18" font-size="14">Onset error against the ideal grid, main thread: {label} '
+           f'(bench/clock.py)</text>']
+    baseline = next((figure for figure in chosen if figure.page == "baseline"), chosen[0])
+    for start, length in baseline.notes.get("block_times", []):
+        x0, x1 = x_at(start), x_at(start + length)
+        out.append(f'<rect x="{x0:.1f}" y="{top}" width="{max(0.5, x1 - x0):.1f}" height="{plot_h}" fill="#eee"/>')
+    y_step = max(10, int(y_max) // 5 // 10 * 10)
+    for tick in range(0, int(y_max) + 1, y_step):
+        y = y_of(tick)
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ccc" '
+                   f'stroke-dasharray="2,3"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{tick}</text>')
+    x_step = max(1, math.ceil(seconds / 12 / 5) * 5) if seconds > 12 else 1
+    for tick in range(0, int(seconds) + 1, x_step):
+        out.append(f'<text x="{x_at(tick):.1f}" y="{height - bottom + 16}" text-anchor="middle">{tick}</text>')
+    out.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">time since the first step (s); '
+               f'grey: main thread blocked</text>')
+    out.append(f'<text x="14" y="{top + plot_h / 2}" transform="rotate(-90 14 {top + plot_h / 2})" '
+               f'text-anchor="middle">error (ms)</text>')
+    out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="black"/>')
+    out.append(f'<line x1="{left}" x2="{width - right}" y1="{y_of(0):.1f}" y2="{y_of(0):.1f}" stroke="black"/>')
+    colours = {"loopsync": "#1f77b4", "baseline": "#ff7f0e"}
+    for row, figure in enumerate(chosen):
+        colour = colours.get(figure.page, "black")
+        radius = 1.6 if figure.page == "loopsync" else 2.2
+        for step, error in figure.errors:
+            x = x_at(step * figure.frames_per_step / figure.sample_rate)
+            out.append(f'<circle cx="{x:.1f}" cy="{y_of(error / figure.sample_rate * 1000):.1f}" r="{radius}" '
+                       f'fill="{colour}"/>')
+        for step in figure.missing_steps:
+            x = x_at(step * figure.frames_per_step / figure.sample_rate)
+            y = top + plot_h
+            out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{y - 7:.1f}" y2="{y:.1f}" stroke="#d62728"/>')
+        text = (f"{figure.page}: {figure.found} of {figure.expected} steps heard, max error {figure.max_error} samples"
+                f" ({figure.max_error / figure.sample_rate * 1000:.1f} ms)"
+                + (f", {figure.missing} missing (red ticks)" if figure.missing else ""))
+        y = 34 + 16 * row
+        out.append(f'<circle cx="{left + 4}" cy="{y - 4}" r="4" fill="{colour}"/>')
+        out.append(f'<text x="{left + 14}" y="{y}">{text}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def write_plot(browser: Browser, svg: str, path: Path) -> None:
+    """Write the plot as SVG, or as PNG rendered by the browser at hand (no plotting library needed)."""
+    if path.suffix.lower() != ".png":
+        path.write_text(svg)
+        return
+    page = browser.new_page()
+    try:
+        page.set_content(f'<html><body style="margin:0">{svg}</body></html>')
+        page.locator("svg").screenshot(path=str(path))
+    finally:
+        page.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="loopsync's audio-thread clock against a main-thread lookahead scheduler")
+    parser.add_argument("--seconds", type=float, default=None, help=f"seconds per run (default {DEFAULT_SECONDS:g})")
+    parser.add_argument("--long", action="store_true", help=f"{LONG_SECONDS:g} s per run")
+    parser.add_argument("--serial", action="store_true", help="one condition at a time (its two pages side by side)")
+    parser.add_argument("--json", type=Path, help="write every figure (and each onset's error) to this file")
+    parser.add_argument("--plot", type=Path, help="plot the onset errors under the 300 ms blocks to this .svg or .png "
+                        "(a PNG is the SVG rendered by the same Chromium)")
+    parser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium binary")
+    args = parser.parse_args(argv)
+    seconds = args.seconds if args.seconds is not None else LONG_SECONDS if args.long else DEFAULT_SECONDS
+    if seconds < 4:
+        parser.error("--seconds must be at least 4")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as data_dir, sync_playwright() as playwright:
+        server = Server(Path(data_dir))
+        try:
+            browser = playwright.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
+            version = browser.version
+            try:
+                figures = run_all(browser, server.url, seconds, serial=args.serial)
+                if args.plot:
+                    write_plot(browser, svg_plot(figures), args.plot)
+            finally:
+                browser.close()
+        finally:
+            server.close()
+    elapsed = time.monotonic() - started
+    mode = "one condition at a time" if args.serial else "all six runs at once"
+    print(f"clock accuracy: {seconds:g} s per run, sixteenths at {BPM} BPM "
+          f"({figures[0].frames_per_step:g} frames per step at {figures[0].sample_rate:g} Hz), {mode}, "
+          f"Chromium {version}, {elapsed:.0f} s in all")
+    print(table(figures))
+    for figure in figures:
+        if figure.page == "baseline" and figure.notes.get("scheduled_late"):
+            print(f"baseline, {figure.condition}: {figure.notes['scheduled_late']} steps scheduled after their time "
+                  f"(up to {figure.notes['max_late_ms']} ms late)")
+        if figure.notes.get("page_errors"):
+            print(f"{figure.page}, {figure.condition}: page errors: {figure.notes['page_errors']}")
+    if args.json:
+        args.json.write_text(json.dumps({"seconds": seconds, "serial": args.serial, "chromium": version,
+                                         "runs": [asdict(figure) for figure in figures]}, indent=1))
+    ok = all(figure.meets_target for figure in figures if figure.page == "loopsync")
+    print("loopsync met the target in every condition" if ok else "loopsync MISSED the target")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
