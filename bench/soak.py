@@ -57,7 +57,7 @@ from typing import Any
 import aiohttp
 
 from loopsync.client import Client, Event
-from loopsync.document import SOUNDS, Part
+from loopsync.document import SOUNDS, Part, copy_part
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import ServeProcess, loop_seconds  # noqa: E402  (a sibling script)
@@ -100,9 +100,15 @@ class Member:
     errors: Counter[str] = field(default_factory=Counter)
 
     def on_event(self, event: Event) -> None:
+        # Updates are recorded when the client queues them (its in-flight set), not only when the
+        # writer reports them sent: an ack may be read before the writer's "sent" event, and an
+        # update may reach the server although its send raised.
+        if self.client is not None:
+            for seq, part in self.client.sync.in_flight.items():
+                self.sent.setdefault(seq, copy_part(part))
         name = event["event"]
         if name == "sent" and event["message"].get("type") == "update":
-            self.sent[int(event["message"]["seq"])] = event["message"]["part"]
+            self.sent.setdefault(int(event["message"]["seq"]), event["message"]["part"])
         elif name == "ack":
             seq = int(event["seq"])
             if seq in self.sent:
