@@ -140,6 +140,8 @@ class Figures:
     found: int
     missing: int
     extra: int
+    off_grid: int
+    """found onsets more than one sample off their grid frame"""
     max_error: int
     """max |onset - grid| in samples over the found onsets"""
     std_error: float
@@ -187,6 +189,7 @@ def analyse(onsets: list[int], steps: int, frames_per_step: float, sample_rate: 
             drift = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, values)) / spread * 1e6
     return Figures(
         page=page, condition=condition, expected=steps, found=len(found), missing=steps - len(found), extra=extra,
+        off_grid=sum(1 for value in values if abs(value) > 1),
         max_error=max((abs(value) for value in values), default=0),
         std_error=statistics.pstdev(values) if values else 0.0,
         mean_error=statistics.fmean(values) if values else 0.0,
@@ -270,7 +273,7 @@ class Run:
             self.page.goto(f"{server_url}bench/clock_baseline.html?bpm={BPM}&sound={SOUND}")
             self.page.wait_for_function("() => window.baseline", timeout=30_000)
         self.page.evaluate(ATTACH_RECORDER, [RECORDER.read_text(), page_kind])
-        self.sample_rate: float = self.page.evaluate("() => window.benchContext.sampleRate")
+        self.sample_rate = float(self.page.evaluate("() => window.benchContext.sampleRate"))
         self.frames_per_step = self.sample_rate * 60 / BPM / STEPS_PER_BEAT
         self.first_step_time = 0.0
         """audio time of the first step (exact for the baseline, to a few ms for loopsync)"""
@@ -287,10 +290,10 @@ class Run:
         """Start playing; then the blocks, if any, aimed at the audio clock from the first step."""
         if self.kind == "loopsync":
             # The clock starts at its next render quantum: the first step is within a few ms of now.
-            self.first_step_time = self.page.evaluate(
-                "() => { const t = window.benchContext.currentTime; window.loopsync.play(); return t; }")
+            self.first_step_time = float(self.page.evaluate(
+                "() => { const t = window.benchContext.currentTime; window.loopsync.play(); return t; }"))
         else:
-            self.first_step_time = self.page.evaluate("() => window.baseline.play()")  # exact: startFrame / sampleRate
+            self.first_step_time = float(self.page.evaluate("() => window.baseline.play()"))  # exact: startFrame / sampleRate
         condition = self.condition
         phase = BLOCK_PHASE_SECONDS
         if condition.mode == "once":
@@ -305,7 +308,9 @@ class Run:
         return float(self.page.evaluate("() => window.benchContext.currentTime"))
 
     def finish(self) -> Figures:
-        self.blocks = self.page.evaluate("() => { clearTimeout(window.benchBlocker); return window.benchBlocks; }")
+        blocks = self.page.evaluate("() => { clearTimeout(window.benchBlocker); return window.benchBlocks; }")
+        run_seconds = self.steps * self.frames_per_step / self.sample_rate
+        self.blocks = [block for block in blocks if block[0] - self.first_step_time < run_seconds]  # not the tail's
         recorded = self.page.evaluate(FLUSH_RECORDER)
         if self.kind == "baseline":
             self.baseline_stats = self.page.evaluate("() => { window.baseline.stop(); return window.baseline.stats(); }")
@@ -392,14 +397,14 @@ class Server:
 
 
 def table(figures: list[Figures]) -> str:
-    header = ("page", "condition", "expected", "found", "missing", "extra", "max err (samples)", "std (samples)",
+    header = ("page", "condition", "expected", "found", "missing", "extra", "off grid", "max err (samples)", "std (samples)",
               "drift (ppm)", "blocks", "target")
     rows = [header]
     label = {condition.name: condition.label for condition in CONDITIONS}
     for figure in figures:
         rows.append((
             figure.page, label.get(figure.condition, figure.condition), str(figure.expected), str(figure.found),
-            str(figure.missing), str(figure.extra),
+            str(figure.missing), str(figure.extra), str(figure.off_grid),
             f"{figure.max_error} ({figure.max_error / figure.sample_rate * 1000:.1f} ms)" if figure.max_error > 1
             else str(figure.max_error),
             f"{figure.std_error:.2f}", f"{figure.drift_ppm:.2f}",

@@ -63,7 +63,7 @@ def test_analyse_missing_late_merged_and_extra() -> None:
     onsets = [frame for step in range(40) for frame in hits[step]] + [js_round(45 * FPS)]  # the last: past the run
     figures = clock.analyse(onsets, 40, FPS, 44100)
     assert figures.missing_steps == [20, 25]
-    assert (figures.found, figures.missing, figures.extra, figures.max_error) == (38, 2, 1, 2000)
+    assert (figures.found, figures.missing, figures.extra, figures.off_grid, figures.max_error) == (38, 2, 1, 2, 2000)
     assert dict(figures.errors)[26] == 100
     assert not figures.meets_target
 
