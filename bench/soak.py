@@ -59,7 +59,8 @@ import aiohttp
 from loopsync.client import Client, Event
 from loopsync.document import SOUNDS, Part, copy_part
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parent))
 from latency import ServeProcess, loop_seconds  # noqa: E402  (a sibling script)
 
 STEPS = 16

@@ -13,7 +13,7 @@ from typing import Any
 from loopsync.client import Event
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-sys.path.insert(0, str(BENCH))
+sys.path.append(str(BENCH))  # appended: the scripts never shadow an installed module
 
 import latency  # noqa: E402  (a script in bench/)
 

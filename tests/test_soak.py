@@ -7,7 +7,7 @@ from pathlib import Path
 
 from loopsync.client import Client
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))  # appended: never shadows a module
 
 import soak  # noqa: E402  (a script in bench/)
 
