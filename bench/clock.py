@@ -52,6 +52,7 @@ Usage::
     python bench/clock.py                    # 60 s per run, all at once
     python bench/clock.py --serial           # one condition at a time
     python bench/clock.py --long             # 600 s per run
+    python bench/clock.py --smoke            # 4 s per run
     python bench/clock.py --seconds 5 --json clock.json --plot clock.png
 
 Prints a table. Exit code 0 when the loopsync page met the target in every
@@ -86,6 +87,7 @@ STEPS_PER_BEAT = 4
 SOUND = "hat"
 DEFAULT_SECONDS = 60.0
 LONG_SECONDS = 600.0
+SMOKE_SECONDS = 4.0
 BLOCK_PHASE_SECONDS = 1.75
 """Blocks start this long after play: the 16th step of the first 2 s loop, just before its sync moment."""
 TAIL_SECONDS = 0.5
@@ -497,13 +499,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="loopsync's audio-thread clock against a main-thread lookahead scheduler")
     parser.add_argument("--seconds", type=float, default=None, help=f"seconds per run (default {DEFAULT_SECONDS:g})")
     parser.add_argument("--long", action="store_true", help=f"{LONG_SECONDS:g} s per run")
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_SECONDS:g} s per run (the test suite runs as much)")
     parser.add_argument("--serial", action="store_true", help="one condition at a time (its two pages side by side)")
     parser.add_argument("--json", type=Path, help="write every figure (and each onset's error) to this file")
     parser.add_argument("--plot", type=Path, help="plot the onset errors under the 300 ms blocks to this .svg or .png "
                         "(a PNG is the SVG rendered by the same Chromium)")
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium binary")
     args = parser.parse_args(argv)
-    seconds = args.seconds if args.seconds is not None else LONG_SECONDS if args.long else DEFAULT_SECONDS
+    seconds = (args.seconds if args.seconds is not None else SMOKE_SECONDS if args.smoke
+               else LONG_SECONDS if args.long else DEFAULT_SECONDS)
     if seconds < 4:
         parser.error("--seconds must be at least 4")
     started = time.monotonic()
@@ -529,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     for figure in figures:
         if figure.page == "baseline" and figure.notes.get("scheduled_late"):
             print(f"baseline, {figure.condition}: {figure.notes['scheduled_late']} steps scheduled after their time "
-                  f"(up to {figure.notes['max_late_ms']} ms late)")
+                  f"(up to {figure.notes['max_late_ms']} ms late; counted until the recording was read)")
         if figure.notes.get("page_errors"):
             print(f"{figure.page}, {figure.condition}: page errors: {figure.notes['page_errors']}")
     if args.json:

@@ -18,7 +18,6 @@ from playwright.sync_api import Browser
 
 from .loopsync_browser import LoopsyncServer, js_round
 
-SMOKE_SECONDS = 4.0
 _rooms = itertools.count()
 
 
@@ -33,6 +32,7 @@ def _load_clock() -> ModuleType:
 
 
 clock = _load_clock()
+SMOKE_SECONDS = clock.SMOKE_SECONDS
 FPS = 5512.5  # 120 BPM sixteenths at 44.1 kHz
 
 
