@@ -42,7 +42,7 @@ to, not the output device's rate against the wall clock.
 By default the six page x condition runs play at once, 60 s each, in one
 Chromium (each page in its own browser context, hence its own renderer
 process and main thread): about 70 s in all, on a machine that then
-also carries the busy loops of the blocked pages (two cores held 30 % of the
+also carries the busy loops of the blocked pages (two pages spinning 30 % of the
 time, one for 2 s). ``--serial`` runs one condition at a time (its two pages
 side by side: about 3 minutes; the same figures). ``--seconds`` sets the length of each run,
 ``--long`` plays 10 minutes.
