@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -614,3 +615,25 @@ async def test_protocol_example(server: Server, connect: Connect) -> None:
     for client in clients.values():  # and nothing else came
         await client.send({"type": "fetch"})
         await client.expect("snapshot")
+
+
+async def test_sigint_stops_the_server_cleanly(serve_process: Any, connect: Connect) -> None:
+    """SIGINT, like SIGTERM, closes every connection with 1001 and exits 0."""
+    process: ServeProcess = serve_process()
+    alice = await joined(connect, process, "alice")
+    assert process.process is not None
+    process.process.send_signal(signal.SIGINT)
+    assert (await alice.closed())[0] == 1001
+    assert process.process.wait(timeout=10 * TIME_UNIT) == 0
+    assert "Traceback" not in process.log()
+
+
+def test_port_in_use_exits_1(serve_process: Any, tmp_path: Path) -> None:
+    """A port that is taken makes `serve` exit 1 with one sentence, not a traceback."""
+    first: ServeProcess = serve_process()
+    second = subprocess.run([sys.executable, "-m", "loopsync", "serve", "--port", str(first.port), "--store", "memory"],
+                            capture_output=True, text=True, timeout=10 * TIME_UNIT)
+    assert second.returncode == 1
+    assert second.stderr.startswith(f"loopsync cannot listen on 127.0.0.1:{first.port}: ") and second.stderr.endswith(".\n")
+    assert "Traceback" not in second.stderr
+    first.stop()
