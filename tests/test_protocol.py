@@ -26,8 +26,8 @@ VALID = [
     (frame(type="update", seq=2**53 - 1, user="alice", part=KICK), Update(2**53 - 1, KICK, "alice")),
     (frame(type="update", seq=1, part="not checked here"), Update(1, "not checked here", None)),  # type: ignore[arg-type]
     (frame(type="transport", playing=True), Transport(True, None)),
-    (frame(type="transport", playing=False, bpm=20), Transport(False, 20.0)),
-    (frame(type="transport", playing=False, bpm=300.0), Transport(False, 300.0)),
+    (frame(type="transport", playing=False, bpm=1), Transport(False, 1.0)),
+    (frame(type="transport", playing=False, bpm=1000.0), Transport(False, 1000.0)),
     (frame(type="fetch"), Fetch()),
     (frame(type="fetch", anything=[1, 2]), Fetch()),
 ]
@@ -60,7 +60,7 @@ INVALID = [
     (frame(type="hello", v=1, room=7, user="alice"), "bad_name"),
     (frame(type="hello", v=1, room="demo"), "bad_name"),
     (frame(type="hello", v=1, room="demo", user="alice", playing="yes"), "bad_message"),
-    (frame(type="hello", v=1, room="demo", user="alice", bpm=19.9), "bad_message"),
+    (frame(type="hello", v=1, room="demo", user="alice", bpm=0.5), "bad_message"),
     (frame(type="update", part=KICK), "bad_message"),
     (frame(type="update", seq=0, part=KICK), "bad_message"),
     (frame(type="update", seq=-1, part=KICK), "bad_message"),
@@ -72,7 +72,7 @@ INVALID = [
     (frame(type="update", seq=1, user=["bob"], part=KICK), "bad_message"),
     (frame(type="transport"), "bad_message"),
     (frame(type="transport", playing=1), "bad_message"),
-    (frame(type="transport", playing=True, bpm=300.5), "bad_message"),
+    (frame(type="transport", playing=True, bpm=1000.5), "bad_message"),
     (frame(type="transport", playing=True, bpm=True), "bad_message"),
     (frame(type="transport", playing=True, bpm="96"), "bad_message"),
 ]

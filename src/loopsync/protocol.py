@@ -16,8 +16,8 @@ from .document import Invalid, Part, check_name
 
 VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024
-MIN_BPM = 20.0
-MAX_BPM = 300.0
+MIN_BPM = 1.0
+MAX_BPM = 1000.0
 MAX_SEQ = 2**53 - 1  # the largest integer a JavaScript number holds exactly
 
 # Close codes (RFC 6455 and what we send with them).
