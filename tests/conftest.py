@@ -114,7 +114,7 @@ async def server() -> AsyncIterator[Server]:
 @pytest.fixture
 async def connect() -> AsyncIterator[Connect]:
     """Factory: ``await connect(ws_url)`` gives a connected :class:`RawClient` (closed at teardown)."""
-    session = aiohttp.ClientSession()
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))  # no cap on open WebSockets
     clients: list[RawClient] = []
 
     async def _connect(url: str, **options: Any) -> RawClient:

@@ -339,7 +339,7 @@ async def test_presence_lists_who_is_here_and_their_transport(server: Any, start
     await bob_log.next("presence", lambda e: e["users"] == expected)
     assert bob.presence == expected
     fast, _ = await start(server.ws_url, "carl", bpm=FAST, playing=False)
-    await bob_log.next("presence", lambda e: {"user": "carl", "playing": False, "bpm": None} in e["users"])
+    await bob_log.next("presence", lambda e: {"user": "carl", "playing": False, "bpm": 600.0} in e["users"])
 
 
 async def test_tempo_change_keeps_the_playhead(server: Any, start: Start) -> None:

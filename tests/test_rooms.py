@@ -66,8 +66,8 @@ def test_accepted_part_is_a_copy() -> None:
     assert room.parts["alice"]["steps"][0] == 1
 
 
-def test_a_33rd_part_is_refused() -> None:
-    """At most 32 users ever write parts in a room."""
+def test_a_part_beyond_max_parts_is_refused() -> None:
+    """At most MAX_PARTS (256) users ever write parts in a room."""
     room = Room("demo")
     for index in range(MAX_PARTS):
         assert isinstance(room.accept(f"u{index}", Update(1, KICK, None)), Accepted)
@@ -91,7 +91,7 @@ JOIN = [
 
 @pytest.mark.parametrize("connected, writers, user, code", JOIN, ids=[f"{row[3] or 'ok'}-{i}" for i, row in enumerate(JOIN)])
 def test_join(connected: list[str], writers: list[str], user: str, code: str | None) -> None:
-    """A room holds 256 connections and 32 users (connected or with a part)."""
+    """A room holds MAX_MEMBERS (512) connections and MAX_PARTS (256) users (connected or with a part)."""
     room = Room("demo")
     for writer in writers:
         room.accept(writer, Update(1, KICK, None))

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from loopsync.document import MAX_PARTS
 from loopsync.rooms import MAX_MEMBERS
 from loopsync.server import OUTBOX_LIMIT, RATE_BURST, Server, running
 from loopsync.store import MemoryStore, SqliteStore
@@ -136,7 +137,7 @@ BAD_WHEN_JOINED = [
     ({"type": "update", "seq": 1}, "bad_message", None),
     ({"type": "update", "seq": 1, "user": 7, "part": KICK}, "bad_message", None),
     ({"type": "transport", "playing": "yes"}, "bad_message", None),
-    ({"type": "transport", "playing": True, "bpm": 500}, "bad_message", None),
+    ({"type": "transport", "playing": True, "bpm": 1500}, "bad_message", None),
     ({"type": "transport", "playing": True, "bpm": "fast"}, "bad_message", None),
     ({"type": "update", "seq": 1, "part": "kick"}, "bad_part", 1),
     ({"type": "update", "seq": 1, "part": {"sound": "kick", "steps": [2] + [0] * 15}}, "bad_part", 1),
@@ -232,25 +233,25 @@ async def test_bad_hello_is_closed_with_1008(server: Server, connect: Connect, h
 async def test_hello_with_bad_transport_fields_keeps_connection(server: Server, connect: Connect) -> None:
     """A hello whose playing or bpm is malformed is bad_message; the connection stays and may say hello again."""
     client = await connect(server.ws_url)
-    await client.send({"type": "hello", "v": 1, "room": "demo", "user": "alice", "bpm": 5})
+    await client.send({"type": "hello", "v": 1, "room": "demo", "user": "alice", "bpm": 0})
     assert (await client.expect("error"))["code"] == "bad_message"
     await client.send({"type": "hello", "v": 1, "room": "demo", "user": "alice", "playing": "no"})
     assert (await client.expect("error"))["code"] == "bad_message"
-    await client.join("demo", "alice", playing=True, bpm=300)
-    assert (await client.expect("presence"))["users"] == [{"user": "alice", "playing": True, "bpm": 300.0}]
+    await client.join("demo", "alice", playing=True, bpm=1000)
+    assert (await client.expect("presence"))["users"] == [{"user": "alice", "playing": True, "bpm": 1000.0}]
 
 
-async def test_33rd_user_gets_room_full(server: Server, connect: Connect) -> None:
-    """A room holds 32 users: the 33rd gets room_full and 1008, a 32nd user's second tab still joins."""
-    clients = [await joined(connect, server, f"user{index:02}") for index in range(32)]
+async def test_user_beyond_max_parts_gets_room_full(server: Server, connect: Connect) -> None:
+    """A room holds 256 users: the 257th gets room_full and 1008, a 256th user's second tab still joins."""
+    clients = [await joined(connect, server, f"user{index:03}") for index in range(MAX_PARTS)]
     extra = await connect(server.ws_url)
     await extra.send({"type": "hello", "v": 1, "room": "demo", "user": "late"})
     assert (await extra.expect("error"))["code"] == "room_full"
     assert await extra.closed() == (1008, "room_full")
     second_tab = await connect(server.ws_url)
-    await second_tab.join("demo", "user31")
+    await second_tab.join("demo", f"user{MAX_PARTS - 1:03}")
     await clients[0].send({"type": "update", "seq": 1, "part": KICK})
-    await second_tab.wait_for("update", user="user00")
+    await second_tab.wait_for("update", user="user000")
 
 
 async def test_flood_is_rate_limited_and_nothing_limited_is_applied(server: Server, connect: Connect) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 DEFAULT_STEPS = 16
 MIN_STEPS = 1
 MAX_STEPS = 64
-MAX_PARTS = 32
+MAX_PARTS = 256
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
 SOUNDS = ("kick", "snare", "hat", "clap", "tom", "tone")
 

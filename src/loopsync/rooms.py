@@ -13,7 +13,7 @@ from typing import Any
 from .document import DEFAULT_STEPS, MAX_PARTS, Invalid, Part, Parts, check_part, copy_part
 from .protocol import Update
 
-MAX_MEMBERS = 256
+MAX_MEMBERS = 512
 
 
 @dataclass(frozen=True)

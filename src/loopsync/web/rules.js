@@ -16,7 +16,7 @@
 export const DEFAULT_STEPS = 16;
 export const MIN_STEPS = 1;
 export const MAX_STEPS = 64;
-export const MAX_PARTS = 32;
+export const MAX_PARTS = 256;
 export const SOUNDS = Object.freeze(['kick', 'snare', 'hat', 'clap', 'tom', 'tone']);
 const NAME_PATTERN = /^[A-Za-z0-9_-]{1,32}$/;
 
