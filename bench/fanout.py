@@ -29,6 +29,7 @@ import json
 import os
 import random
 import re
+import select
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 16
 WORKERS = 2
+JOIN_TIMEOUT_SECONDS = 60
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _TYPE = re.compile(r'"type": ?"(\w+)"')
 _SEQ = re.compile(r'"seq": ?(\d+)')
@@ -150,7 +152,8 @@ def _start(kind: str, data_dir: str) -> Server:
         command = [sys.executable, str(ROOT / "bench" / "bare_relay.py"), "--port", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert process.stdout is not None
-    line = process.stdout.readline()
+    ready = select.select([process.stdout], [], [], JOIN_TIMEOUT_SECONDS)[0]
+    line = process.stdout.readline() if ready else ""
     if "http://" not in line:
         process.kill()
         raise RuntimeError(f"{kind} did not start: {line!r}")
@@ -178,8 +181,10 @@ def run_load(kind: str, rooms: int, per_room: int, period: float, duration: floa
                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
             for worker in workers:
                 assert worker.stdout is not None
-                if worker.stdout.readline().strip() != "ready":
-                    raise RuntimeError("a load worker failed to connect")
+                if not select.select([worker.stdout], [], [], JOIN_TIMEOUT_SECONDS)[0] or worker.stdout.readline().strip() != "ready":
+                    for each in workers:
+                        each.kill()
+                    raise RuntimeError(f"a load worker did not connect its clients within {JOIN_TIMEOUT_SECONDS} s")
             connections = len(members)
             rss_connected = server.rss_bytes()
             cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
