@@ -11,18 +11,13 @@ hopes.
 - ``serve_process``: ``proc = serve_process()`` starts ``python -m loopsync
   serve --port 0 --store sqlite --data DIR`` and reads back its URL;
   ``proc.stop()`` (SIGTERM) / ``proc.kill()``, then ``proc.start()`` again on
-  the same directory. ``serve_process(data_dir=...)`` shares a directory.
+  the same port and directory. ``serve_process(data_dir=...)`` shares a directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import select
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
@@ -31,10 +26,8 @@ import pytest
 
 from loopsync.server import Server, running
 from loopsync.store import MemoryStore
+from serve_process import TIME_UNIT, ServeProcess
 
-TIMEOUT_SCALE = float(os.environ.get("LOOPSYNC_TIMEOUT_SCALE", "1"))
-TIME_UNIT = 2.0 * TIMEOUT_SCALE
-"""Safety timeout for one awaited event; tests fail after it instead of hanging."""
 
 Message = dict[str, Any]
 
@@ -132,75 +125,13 @@ async def connect() -> AsyncIterator[Connect]:
         await session.close()
 
 
-class ServeProcess:
-    """``loopsync serve --store sqlite`` as a subprocess on one data directory; restartable."""
-
-    def __init__(self, data_dir: Path, extra_args: list[str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.extra_args = extra_args or []
-        self.process: subprocess.Popen[str] | None = None
-        self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
-        self.port = 0
-        self.banner = ""
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def command(self) -> list[str]:
-        """The command line that starts this server."""
-        return [sys.executable, "-m", "loopsync", "serve", "--port", "0", "--store", "sqlite", "--data", str(self.data_dir), *self.extra_args]
-
-    def start(self) -> ServeProcess:
-        """Start the server and wait for its ``loopsync is serving at ...`` line."""
-        assert self.process is None or self.process.poll() is not None, "already running"
-        # stderr (the server's log) goes to a file: a pipe nobody reads could fill and block the server.
-        with open(self.log_path, "a") as log_file:
-            self.process = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=log_file, text=True)
-        assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], 10 * TIME_UNIT)
-        line = self.process.stdout.readline() if ready else ""
-        prefix = "loopsync is serving at http://127.0.0.1:"
-        if not line.startswith(prefix):
-            self.kill()
-            raise AssertionError(f"server did not start: {line!r} {self.log()!r}")
-        self.banner = line.rstrip("\n")
-        self.port = int(line[len(prefix):].split("/", 1)[0])
-        return self
-
-    def stop(self) -> int:
-        """SIGTERM, then wait for the exit code."""
-        return self._end(signal.SIGTERM)
-
-    def kill(self) -> int:
-        """SIGKILL: no clean shutdown at all."""
-        return self._end(signal.SIGKILL)
-
-    def _end(self, signal_number: int) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal_number)
-        code = self.process.wait(timeout=10 * TIME_UNIT)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        return code
-
-    def log(self) -> str:
-        """What the server wrote to stderr so far (all its runs)."""
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-
 @pytest.fixture
 def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
-    """Factory: ``serve_process(data_dir=None)`` starts a SQLite server subprocess; all are killed at teardown."""
+    """Factory: ``serve_process(data_dir=None, port=0)`` starts a SQLite server subprocess; all are killed at teardown."""
     processes: list[ServeProcess] = []
 
-    def _start(data_dir: Path | None = None, extra_args: list[str] | None = None) -> ServeProcess:
-        process = ServeProcess(data_dir or tmp_path / "data", extra_args)
+    def _start(data_dir: Path | None = None, port: int = 0) -> ServeProcess:
+        process = ServeProcess(data_dir or tmp_path / "data", port=port)
         processes.append(process)
         return process.start()
 

@@ -256,7 +256,6 @@ async def test_restarted_server_keeps_acknowledged_updates_and_clients_come_back
     down = await alice_log.next("disconnected", after=alice_log.all("ack")[-1])
     await bob_log.next("disconnected", after=bob_log.all("ack")[-1])
     alice.toggle(8)  # made while the server is down: unconfirmed
-    proc.extra_args = ["--port", str(proc.port)]
     await asyncio.to_thread(proc.start)
 
     connected = await alice_log.next("connected", after=down, units=5)
@@ -287,7 +286,7 @@ async def test_reconnect_backs_off_exponentially_with_a_cap_and_jitter(serve_pro
         nominal = min(cap, base * 2 ** (event["attempt"] - 1))
         assert 0.5 * nominal <= event["in_seconds"] <= nominal
     assert all(not e["was_connected"] for e in log.all("disconnected"))
-    proc = serve_process(extra_args=["--port", str(port)])
+    proc = serve_process(port=port)
     assert proc.port == port
     await asyncio.wait_for(client.wait_joined(), 5 * TIME_UNIT)
     mark = log.mark()

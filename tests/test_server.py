@@ -442,7 +442,7 @@ async def test_subprocess_restart_keeps_every_acknowledged_update(serve_process:
 def test_second_server_on_same_directory_exits_1(serve_process: Any) -> None:
     """A second server on a data directory in use exits 1 with one clear sentence; the first keeps serving."""
     first: ServeProcess = serve_process()
-    second = subprocess.run(first.command(), capture_output=True, text=True, timeout=10 * TIME_UNIT)
+    second = subprocess.run(ServeProcess(first.data_dir).command(), capture_output=True, text=True, timeout=10 * TIME_UNIT)
     assert second.returncode == 1
     assert second.stdout == ""
     assert second.stderr == (f"loopsync cannot start: another loopsync server is already using the data directory "

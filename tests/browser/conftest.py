@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from .loopsync_browser import CHROMIUM_ARGS, LoopsyncServer, wait_joined
+from .loopsync_browser import CHROMIUM_ARGS, ServeProcess, wait_joined
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 
@@ -55,21 +55,21 @@ def browser(chromium: str) -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="session")
-def loopsync_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopsyncServer]:
+def loopsync_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """A real server with a memory store for the session; tests keep apart by room."""
-    server = LoopsyncServer("memory", tmp_path_factory.mktemp("memory"))
+    server = ServeProcess(tmp_path_factory.mktemp("memory"), store="memory")
     server.start()
     yield server
     server.kill()
 
 
 @pytest.fixture
-def sqlite_server(tmp_path: Path) -> Iterator[Callable[[], LoopsyncServer]]:
+def sqlite_server(tmp_path: Path) -> Iterator[Callable[[], ServeProcess]]:
     """Factory for a restartable SQLite server on this test's own directory."""
-    servers: list[LoopsyncServer] = []
+    servers: list[ServeProcess] = []
 
-    def _start() -> LoopsyncServer:
-        server = LoopsyncServer("sqlite", tmp_path / f"data{len(servers)}")
+    def _start() -> ServeProcess:
+        server = ServeProcess(tmp_path / f"data{len(servers)}", store="sqlite")
         servers.append(server)
         return server.start()
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import aiohttp
 from playwright.sync_api import Page
 
-from .loopsync_browser import HERE, TIME_UNIT, LoopsyncServer, js_round
+from .loopsync_browser import HERE, TIME_UNIT, ServeProcess, js_round
 
 PLAY_SECONDS = 20.5
 BPM = 120
@@ -136,7 +136,7 @@ def _analyse(page: Page, name: str, feeder_patterns: list[list[int]]) -> dict[st
 
 
 def test_recorded_onsets_are_sample_exact_with_and_without_a_blocked_main_thread(
-    open_page: Callable[..., Page], loopsync_server: LoopsyncServer
+    open_page: Callable[..., Page], loopsync_server: ServeProcess
 ) -> None:
     """Over 20 s of real-time play every recorded onset is on its frame (error <= 1 sample), also with 300 ms blocks every second."""
     room = f"onsets{next(_rooms)}"

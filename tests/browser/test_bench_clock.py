@@ -16,7 +16,7 @@ from types import ModuleType
 
 from playwright.sync_api import Browser
 
-from .loopsync_browser import LoopsyncServer, js_round
+from .loopsync_browser import ServeProcess, js_round
 
 _rooms = itertools.count()
 
@@ -81,7 +81,7 @@ def test_analyse_nothing_recorded() -> None:
     assert (figures.found, figures.missing, figures.max_error) == (0, 8, 0)
 
 
-def test_bench_clock_smoke(browser: Browser, loopsync_server: LoopsyncServer) -> None:
+def test_bench_clock_smoke(browser: Browser, loopsync_server: ServeProcess) -> None:
     """A few seconds of bench/clock.py: loopsync hears every step on its frame in every condition."""
     figures = clock.run_all(browser, loopsync_server.http_url, SMOKE_SECONDS, room_prefix=f"benchclock{next(_rooms)}")
     print("\n" + clock.table(figures))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import pytest
-from .loopsync_browser import HERE, LoopsyncServer, js_round
+from .loopsync_browser import HERE, ServeProcess, js_round
 from playwright.sync_api import Browser, Page
 
 QUANTUM = 128
@@ -21,7 +21,7 @@ FADE_SECONDS = 0.004
 
 
 @pytest.fixture(scope="module")
-def offline_page(browser: Browser, loopsync_server: LoopsyncServer) -> Iterator[Page]:
+def offline_page(browser: Browser, loopsync_server: ServeProcess) -> Iterator[Page]:
     """A served loopsync page (no user: it only shows the join form) with the offline render helper."""
     context = browser.new_context()
     page = context.new_page()

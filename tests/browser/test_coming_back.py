@@ -8,12 +8,12 @@ from typing import Any, Callable
 import aiohttp
 from playwright.sync_api import Page
 
-from .loopsync_browser import TIME_UNIT, LoopsyncServer, run_async, wait_joined
+from .loopsync_browser import TIME_UNIT, ServeProcess, run_async, wait_joined
 
 _rooms = itertools.count()
 
 
-def server_parts(server: LoopsyncServer, room: str) -> dict[str, Any]:
+def server_parts(server: ServeProcess, room: str) -> dict[str, Any]:
     """The room's Shared Data as the server holds it: the parts of a fresh observer's snapshot."""
 
     async def _fetch() -> dict[str, Any]:
@@ -35,7 +35,7 @@ def own_steps_shown(page: Page) -> list[int]:
     return steps
 
 
-def test_a_reload_keeps_unsent_edits_and_sends_them_on_play(open_page: Callable[..., Page], loopsync_server: LoopsyncServer) -> None:
+def test_a_reload_keeps_unsent_edits_and_sends_them_on_play(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:
     """Edits not yet sent (made while paused, or while playing before the sync) survive a reload and reach the server on play."""
     room = f"reload{next(_rooms)}"
     url = f"{loopsync_server.http_url}?room={room}&user=alice&bpm=20"  # 12 s loops: no sync comes by itself
@@ -66,7 +66,7 @@ def test_a_reload_keeps_unsent_edits_and_sends_them_on_play(open_page: Callable[
     assert alice.evaluate("() => window.loopsync.sync.confirmedSeq") == 2
 
 
-def test_a_server_restart_is_survived(open_page: Callable[..., Page], sqlite_server: Callable[[], LoopsyncServer]) -> None:
+def test_a_server_restart_is_survived(open_page: Callable[..., Page], sqlite_server: Callable[[], ServeProcess]) -> None:
     """The server goes away and comes back on the same port: the page plays on, reconnects and its edits are on the server."""
     server = sqlite_server()
     room = f"restart{next(_rooms)}"
@@ -113,7 +113,7 @@ def test_a_server_restart_is_survived(open_page: Callable[..., Page], sqlite_ser
     assert "Traceback" not in server.log()
 
 
-def test_a_tab_that_becomes_visible_fetches_the_shared_data(open_page: Callable[..., Page], loopsync_server: LoopsyncServer) -> None:
+def test_a_tab_that_becomes_visible_fetches_the_shared_data(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:
     """On visibilitychange to visible (a frozen background tab waking up) the page sends fetch and takes the snapshot."""
     room = f"visible{next(_rooms)}"
     alice = open_page(f"{loopsync_server.http_url}?room={room}&user=alice")

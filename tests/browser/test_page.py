@@ -7,12 +7,12 @@ from typing import Callable
 
 from playwright.sync_api import Page
 
-from .loopsync_browser import TIME_UNIT, LoopsyncServer, wait_joined
+from .loopsync_browser import TIME_UNIT, ServeProcess, wait_joined
 
 _rooms = itertools.count()
 
 
-def test_the_name_is_asked_once_and_kept_and_user_overrides_it(open_page: Callable[..., Page], loopsync_server: LoopsyncServer) -> None:
+def test_the_name_is_asked_once_and_kept_and_user_overrides_it(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:
     """A first visit asks for a name and keeps it; a reload joins as that name; ?user= overrides it for one tab only."""
     room = f"join{next(_rooms)}"
     page = open_page(f"{loopsync_server.http_url}?room={room}", joined=False)
@@ -39,7 +39,7 @@ def test_the_name_is_asked_once_and_kept_and_user_overrides_it(open_page: Callab
     assert page.locator("#presence li").all_inner_texts() == ["carol · paused · 120 BPM", "dave · paused · 120 BPM"]
 
 
-def test_keyboard_mouse_sound_tempo_and_read_only_rows(open_page: Callable[..., Page], loopsync_server: LoopsyncServer) -> None:
+def test_keyboard_mouse_sound_tempo_and_read_only_rows(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:
     """Space plays and pauses, arrows and Enter edit the own row, others' rows are read-only, sound and tempo apply."""
     room = f"keys{next(_rooms)}"
     erin = open_page(f"{loopsync_server.http_url}?room={room}&user=erin")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .loopsync_browser import HERE, LoopsyncServer
+from .loopsync_browser import HERE, ServeProcess
 from playwright.sync_api import Browser
 
 VECTORS = HERE.parent / "vectors"
@@ -19,7 +19,7 @@ def _load(name: str) -> object:
     return json.loads((VECTORS / name).read_text(encoding="utf-8"))
 
 
-def test_rules_js_passes_every_shared_vector(browser: Browser, loopsync_server: LoopsyncServer) -> None:
+def test_rules_js_passes_every_shared_vector(browser: Browser, loopsync_server: ServeProcess) -> None:
     """checkName, checkPart, mergeAtSync, differingUsers and every ClientSync scenario give the vectors' answers."""
     files = {"names": "names.json", "parts": "parts.json", "merge": "merge.json", "client": "client.json"}
     vectors = {key: _load(name) for key, name in files.items()}

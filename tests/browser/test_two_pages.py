@@ -12,12 +12,12 @@ from typing import Any, Callable
 
 from playwright.sync_api import Page
 
-from .loopsync_browser import TIME_UNIT, LoopsyncServer
+from .loopsync_browser import TIME_UNIT, ServeProcess
 
 _rooms = itertools.count()
 
 
-def room_url(server: LoopsyncServer, user: str, **params: Any) -> str:
+def room_url(server: ServeProcess, user: str, **params: Any) -> str:
     """A page address in a room of this test module."""
     query = "&".join(f"{key}={value}" for key, value in {"room": params.pop("room"), "user": user, **params}.items())
     return f"{server.http_url}?{query}"
@@ -61,7 +61,7 @@ def sent_seq_of(page: Page, pattern: list[int]) -> int:
     return seq
 
 
-def test_an_edit_is_heard_from_the_next_loop_start_after_it_arrives(open_page: Callable[..., Page], loopsync_server: LoopsyncServer) -> None:
+def test_an_edit_is_heard_from_the_next_loop_start_after_it_arrives(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:
     """While both play, bob hears alice's edit from exactly the first Loop Start whose sync follows its arrival."""
     room = f"heard{next(_rooms)}"
     alice = open_page(room_url(loopsync_server, "alice", room=room, bpm=300))
@@ -102,7 +102,7 @@ def test_an_edit_is_heard_from_the_next_loop_start_after_it_arrives(open_page: C
         previous = pattern
 
 
-def test_a_paused_page_shows_edits_at_once_sends_nothing_and_holds_its_clock(open_page: Callable[..., Page], loopsync_server: LoopsyncServer) -> None:
+def test_a_paused_page_shows_edits_at_once_sends_nothing_and_holds_its_clock(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:
     """Paused, bob shows alice's edit at once, sends no frame, and his clock's position does not move."""
     room = f"paused{next(_rooms)}"
     alice = open_page(room_url(loopsync_server, "alice", room=room, bpm=300))
@@ -159,7 +159,7 @@ def test_a_paused_page_shows_edits_at_once_sends_nothing_and_holds_its_clock(ope
     assert first_step["transportFrame"] >= held["transportFrame"]
 
 
-def test_arrived_changes_are_marked_until_the_next_loop_start(open_page: Callable[..., Page], loopsync_server: LoopsyncServer) -> None:
+def test_arrived_changes_are_marked_until_the_next_loop_start(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:
     """A playing page marks another user's arrived change as incoming, distinct from what plays, until its next Loop Start."""
     room = f"marked{next(_rooms)}"
     alice = open_page(room_url(loopsync_server, "alice", room=room, bpm=300))
