@@ -40,8 +40,7 @@ async def test_database_is_wal_and_commits_are_fsynced(sqlite_store: SqliteStore
     with sqlite3.connect(sqlite_store.path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert sqlite_store._connection is not None
-    loop = asyncio.get_running_loop()
-    synchronous = await loop.run_in_executor(sqlite_store._executor, lambda: sqlite_store._connection.execute("PRAGMA synchronous").fetchone())  # type: ignore[union-attr]
+    synchronous = await asyncio.wrap_future(sqlite_store._call(lambda: sqlite_store._connection.execute("PRAGMA synchronous").fetchone()))  # type: ignore[union-attr]
     assert synchronous == (2,)  # FULL
     await sqlite_store.close()
 

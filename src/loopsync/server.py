@@ -2,9 +2,10 @@
 
 This module moves messages and nothing more. For each text frame a
 connection's reader task parses it (``protocol.parse_client_message``), lets
-the room decide (``rooms.Room``), has the store commit what the room
-accepted, and then queues the answers: ``ack`` to the sender, ``update`` to
-every other connection of the room. The room's rules never live here.
+the room decide (``rooms.Room``), hands what the room accepted to the store
+(``save_soon``) and reads on. When the store has committed it, a callback
+queues the answers: ``ack`` to the sender, ``update`` to every other
+connection of the room. The room's rules never live here.
 
 Each connection has two tasks: the reader (aiohttp's handler task) and a
 writer that drains the connection's own bounded outbox. A client that stops
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import signal
@@ -385,7 +387,7 @@ class Server:
         elif connection.room is None:
             self._send_error(connection, Invalid("not_joined", "send hello first"), message.seq if isinstance(message, Update) else None)
         elif isinstance(message, Update):
-            await self._update(connection, connection.room, message)
+            self._update(connection, connection.room, message)
         elif isinstance(message, Transport):
             connection.room.live.set_transport(connection.id, message.playing, message.bpm)
             self._broadcast_presence(connection.room)
@@ -439,23 +441,28 @@ class Server:
         state = self.rooms[name] = _RoomState(Room(name), Room(name))
         return state
 
-    async def _update(self, connection: _Connection, state: _RoomState, update: Update) -> None:
+    def _update(self, connection: _Connection, state: _RoomState, update: Update) -> None:
         assert connection.user is not None
         accepted = state.live.accept(connection.user, update)
         if isinstance(accepted, Invalid):
             self._send_error(connection, accepted, update.seq)
             return
-        try:
-            await self.store.save(accepted)
-        except StoreError:
-            log.exception("could not commit update %d of %r in room %r", accepted.seq, accepted.user, accepted.room)
-            self._break_room(state, connection)
-            return
+        # The reader goes on reading; the answers wait for the commit. Commits
+        # complete in the order they were queued, so a room's updates go out
+        # in revision order.
+        self.store.save_soon(accepted, functools.partial(self._committed, connection, state, accepted))
+
+    def _committed(self, connection: _Connection, state: _RoomState, accepted: Accepted, problem: StoreError | None) -> None:
+        """The store has committed ``accepted`` (or failed to): acknowledge it and send it to the room."""
         if self.rooms.get(accepted.room) is not state:
             return  # the room failed and was closed while this commit was on its way
+        if problem is not None:
+            log.error("could not commit update %d of %r in room %r: %s", accepted.seq, accepted.user, accepted.room, problem)
+            self._break_room(state, connection)
+            return
         state.committed.restore(accepted)
         too_slow = []
-        if not connection.push(protocol.encode(protocol.ack(seq=accepted.seq, revision=accepted.revision))):
+        if connection.room is state and not connection.push(protocol.encode(protocol.ack(seq=accepted.seq, revision=accepted.revision))):
             too_slow.append(connection)
         frame = protocol.encode(protocol.update(user=accepted.user, seq=accepted.seq, revision=accepted.revision, part=accepted.part))
         too_slow += [other for other in state.connections.values() if other is not connection and not other.push(frame)]

@@ -2,15 +2,17 @@
 
 Both stores have the same interface. The server calls :meth:`load_rooms` once
 at start-up and rebuilds each :class:`~loopsync.rooms.Room` with
-``Room.restore``; after that it calls ``await store.save(accepted)`` for every
-accepted update and acknowledges the update only when ``save`` has returned,
-because by then the record is durable.
+``Room.restore``; after that it calls ``store.save_soon(accepted, done)`` for
+every accepted update and acknowledges the update only in ``done``, because by
+then the record is durable. ``await store.save(accepted)`` is the same as a
+coroutine.
 
 :class:`SqliteStore` makes that cheap with group commit: while one
-transaction is being committed (in the store's single worker thread), the
-updates that arrive are queued, and they all go into the next transaction.
-A busy server therefore pays one ``fsync`` per batch, not per update, and
-every ``save`` still returns only after its own record is committed.
+transaction is being committed (in the store's own thread), the updates that
+arrive are queued, and they all go into the next transaction. A busy server
+therefore pays one ``fsync`` per batch, not per update, and one wake-up of the
+event loop per batch, whose ``done`` callbacks then run in queue order; every
+``done`` still runs only after its own record is committed.
 
 Errors::
 
@@ -22,18 +24,25 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import fcntl
 import json
+import logging
 import os
+import queue
 import sqlite3
+import threading
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Callable, Final, Protocol
 
 from .rooms import Accepted
 
 DATABASE_NAME = "loopsync.sqlite3"
 LOCK_NAME = "loopsync.lock"
+
+log = logging.getLogger("loopsync.store")
 
 
 class StoreError(Exception):
@@ -42,6 +51,10 @@ class StoreError(Exception):
 
 class StoreLocked(StoreError):
     """Another server process already uses this data directory."""
+
+
+Done = Callable[["StoreError | None"], None]
+"""Called on the event loop once a saved record is committed (``None``) or its commit failed."""
 
 
 class Store(Protocol):
@@ -57,6 +70,13 @@ class Store(Protocol):
 
     async def load_room(self, room: str) -> list[Accepted]:
         """The stored parts of one room (to rebuild it after a failed commit)."""
+        ...
+
+    def save_soon(self, accepted: Accepted, done: Done) -> None:
+        """Queue one accepted update; call ``done(None)`` on the event loop once it is committed, ``done(StoreError)`` if not.
+
+        ``done`` callbacks run in the order the updates were queued.
+        """
         ...
 
     async def save(self, accepted: Accepted) -> None:
@@ -96,8 +116,13 @@ class MemoryStore:
         """The saved parts of one room."""
         return self.load_rooms().get(room, [])
 
+    def save_soon(self, accepted: Accepted, done: Done) -> None:
+        """Record the update and call ``done`` at once: memory is as durable as this store gets."""
+        self._parts[(accepted.room, accepted.user)] = accepted
+        done(None)
+
     async def save(self, accepted: Accepted) -> None:
-        """Record the update; memory is as durable as this store gets."""
+        """Record the update."""
         self._parts[(accepted.room, accepted.user)] = accepted
 
     async def flush(self) -> None:
@@ -127,12 +152,20 @@ ON CONFLICT (room, user) DO UPDATE SET
     seq = excluded.seq, revision = excluded.revision, part = excluded.part
 """
 
-_Pending = tuple["Accepted | None", "asyncio.Future[None]"]
-"""A record waiting for the next transaction, or ``None`` for a :meth:`SqliteStore.flush` marker."""
+@dataclass(frozen=True)
+class _Call:
+    """A queue entry: run ``function`` in the store's thread, after the records queued before it."""
+
+    function: Callable[[], Any]
+    result: concurrent.futures.Future[Any]
+
+
+_STOP: Final = object()
+"""The queue entry that ends the store's thread."""
 
 
 class SqliteStore:
-    """Shared Data in ``DIR/loopsync.sqlite3``, committed with ``synchronous=FULL`` before ``save`` returns.
+    """Shared Data in ``DIR/loopsync.sqlite3``, committed with ``synchronous=FULL`` before a save counts.
 
     Opening the store takes an exclusive lock on ``DIR/loopsync.lock`` so that
     two servers never write one file; the second one gets :class:`StoreLocked`.
@@ -140,6 +173,11 @@ class SqliteStore:
     is all a restart needs (an update carries the whole part).
     ``busy_timeout`` is how long a commit waits for SQLite's own write lock
     (held only by a foreign process, since our lock keeps other servers out).
+
+    One thread (``loopsync-store``) does all the SQLite work: it takes
+    whatever is queued, commits the records as one transaction and hands the
+    whole batch back to the event loop in one ``call_soon_threadsafe``, which
+    runs the batch's ``done`` callbacks in the order they were queued.
     """
 
     def __init__(self, data_dir: Path | str, *, busy_timeout: float = 5.0) -> None:
@@ -148,16 +186,14 @@ class SqliteStore:
         self.busy_timeout = busy_timeout
         self._lock_fd: int | None = None
         self._connection: sqlite3.Connection | None = None
-        # One thread does all the SQLite work: the connection never crosses threads.
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._pending: list[_Pending] = []
-        self._committing: asyncio.Future[None] | None = None
+        self._queue: queue.SimpleQueue[tuple[Accepted, Done, asyncio.AbstractEventLoop] | _Call | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self.commits = 0
         """Transactions committed so far (batches, not updates): for tests and benchmarks."""
 
     def open(self) -> None:
         """Take the directory's lock and open (or create) the database; raise :class:`StoreError` if not possible."""
-        if self._executor is not None:
+        if self._thread is not None:
             return
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -170,9 +206,10 @@ class SqliteStore:
             os.close(lock_fd)
             raise StoreLocked(f"another loopsync server is already using the data directory {str(self.data_dir)!r}") from exc
         self._lock_fd = lock_fd
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopsync-store")
+        self._thread = threading.Thread(target=self._work, name="loopsync-store", daemon=True)
+        self._thread.start()
         try:
-            self._executor.submit(self._open_connection).result()
+            self._call(self._open_connection).result()
         except sqlite3.Error as exc:
             self._release()
             raise StoreError(f"cannot open {str(self.path)!r}: {exc}") from exc
@@ -188,12 +225,13 @@ class SqliteStore:
 
     def load_rooms(self) -> dict[str, list[Accepted]]:
         """Every stored part, grouped by room, oldest revision first."""
-        return self._require_open().submit(self._select, None).result()
+        self._require_open()
+        return self._call(lambda: self._select(None)).result()
 
     async def load_room(self, room: str) -> list[Accepted]:
         """The stored parts of one room, oldest revision first."""
-        executor = self._require_open()
-        rooms = await asyncio.get_running_loop().run_in_executor(executor, self._select, room)
+        self._require_open()
+        rooms = await asyncio.wrap_future(self._call(lambda: self._select(room)))
         return rooms.get(room, [])
 
     def _select(self, room: str | None) -> dict[str, list[Accepted]]:
@@ -209,52 +247,86 @@ class SqliteStore:
             rooms[name].append(Accepted(name, user, seq, revision, json.loads(part)))
         return dict(rooms)
 
-    async def save(self, accepted: Accepted) -> None:
-        """Queue the update for the next transaction and return once that transaction is committed."""
+    def save_soon(self, accepted: Accepted, done: Done) -> None:
+        """Queue the update for the next transaction; ``done`` runs on this event loop once it is committed (or failed).
+
+        Records are committed, and their ``done`` callbacks run, in the order
+        they were queued.
+        """
         self._require_open()
-        # A caller that goes away (its connection closed) cancels only its
-        # future: the record stays in its batch and is committed all the same.
-        await self._enqueue(accepted)
+        self._queue.put((accepted, done, asyncio.get_running_loop()))
+
+    async def save(self, accepted: Accepted) -> None:
+        """Queue the update and return once its transaction is committed; raise :class:`StoreError` if it failed."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done(problem: StoreError | None) -> None:
+            # A caller that went away (cancelled) leaves the record in its batch all the same.
+            if not future.done():
+                if problem is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(problem)
+
+        self.save_soon(accepted, done)
+        await future
 
     async def flush(self) -> None:
-        """Wait until every ``save`` started so far has been committed (or has failed)."""
-        if self._committing is None:
+        """Wait until every save queued so far has been committed (or has failed) and its ``done`` has run."""
+        if self._thread is None:
             return
-        try:
-            await self._enqueue(None)
-        except StoreError:
-            pass  # the failure belongs to the saves of that batch; they report it
+        await asyncio.wrap_future(self._call(lambda: None))
 
-    def _enqueue(self, accepted: Accepted | None) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((accepted, future))
-        if self._committing is None:
-            self._committing = asyncio.ensure_future(self._commit_pending())
-        return future
+    def _call(self, function: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        call = _Call(function, concurrent.futures.Future())
+        self._queue.put(call)
+        return call.result
 
-    async def _commit_pending(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                records = [record for record, _ in batch if record is not None]
+    def _work(self) -> None:
+        """The store's thread: commit what is queued, batch after batch, until :data:`_STOP`."""
+        while True:
+            batch = [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batch.append(self._queue.get_nowait())
+            records: list[tuple[Accepted, Done, asyncio.AbstractEventLoop]] = []
+            for entry in batch:
+                if isinstance(entry, tuple):
+                    records.append(entry)
+                    continue
+                # A call or the stop comes after the records queued before it.
+                self._commit(records)
+                records = []
+                if entry is _STOP:
+                    return
+                assert isinstance(entry, _Call)
                 try:
-                    if records:
-                        await loop.run_in_executor(self._executor, self._write_batch, records)
-                except Exception as exc:
-                    problem = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(problem)
-                            # The caller may be gone; do not warn about an unread exception.
-                            future.exception()
-                else:
-                    self.commits += 1 if records else 0
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_result(None)
-        finally:
-            self._committing = None
+                    entry.result.set_result(entry.function())
+                except BaseException as exc:
+                    entry.result.set_exception(exc)
+            self._commit(records)
+
+    def _commit(self, records: list[tuple[Accepted, Done, asyncio.AbstractEventLoop]]) -> None:
+        if not records:
+            return
+        problem: StoreError | None = None
+        try:
+            self._write_batch([accepted for accepted, _, _ in records])
+        except Exception as exc:
+            problem = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
+        loop = records[0][2]  # one server, one loop
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(self._completed, [done for _, done, _ in records], problem)
+
+    def _completed(self, callbacks: list[Done], problem: StoreError | None) -> None:
+        """On the event loop: one batch is committed (or failed); tell its savers in order."""
+        if problem is None:
+            self.commits += 1
+        for done in callbacks:
+            try:
+                done(problem)
+            except Exception:
+                log.exception("error in a commit callback")
 
     def _write_batch(self, batch: list[Accepted]) -> None:
         connection = self._connection
@@ -272,17 +344,15 @@ class SqliteStore:
 
     async def close(self) -> None:
         """Commit what is pending, close the database and release the lock."""
-        if self._executor is None:
+        if self._thread is None:
             return
-        while self._committing is not None:
-            await self.flush()
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_connection)
+        await asyncio.wrap_future(self._call(self._close_connection))
         self._release()
 
     def close_now(self) -> None:
         """Close without an event loop (start-up failures); nothing may be pending."""
-        if self._executor is not None:
-            self._executor.submit(self._close_connection).result()
+        if self._thread is not None:
+            self._call(self._close_connection).result()
         self._release()
 
     def _close_connection(self) -> None:
@@ -291,17 +361,17 @@ class SqliteStore:
             self._connection = None
 
     def _release(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = None
 
-    def _require_open(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
+    def _require_open(self) -> None:
+        if self._thread is None:
             raise StoreError("the store is not open")
-        return self._executor
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.data_dir)!r})"
