@@ -419,7 +419,8 @@ async def test_subprocess_restart_keeps_every_acknowledged_update(serve_process:
             await client.send({"type": "update", "seq": seq, "part": part(seq)})
     for client in clients:
         await client.wait_for("ack", seq=5)
-    assert process.stop() == 0
+    # In a thread: this event loop must stay free to answer the server's closing handshake.
+    assert await asyncio.to_thread(process.stop) == 0
     for client in clients:
         assert (await client.closed())[0] == 1001
 
