@@ -419,10 +419,12 @@ async def test_subprocess_restart_keeps_every_acknowledged_update(serve_process:
             await client.send({"type": "update", "seq": seq, "part": part(seq)})
     for client in clients:
         await client.wait_for("ack", seq=5)
-    # In a thread: this event loop must stay free to answer the server's closing handshake.
-    assert await asyncio.to_thread(process.stop) == 0
-    for client in clients:
-        assert (await client.closed())[0] == 1001
+    # Stop from a thread while every client reads: each must answer the
+    # server's closing handshake for the close to be clean.
+    stopping = asyncio.ensure_future(asyncio.to_thread(process.stop))
+    closes = await asyncio.gather(*(client.closed(timeout=10 * TIME_UNIT) for client in clients))
+    assert await stopping == 0
+    assert [code for code, _ in closes] == [1001] * len(clients)
 
     process.start()
     alice = await connect(process.ws_url)
