@@ -16,8 +16,7 @@ import aiohttp
 import pytest
 
 from loopsync.document import MAX_PARTS
-from loopsync.rooms import MAX_MEMBERS
-from loopsync.server import OUTBOX_LIMIT, RATE_BURST, Server, running
+from loopsync.server import RATE_BURST, Server, running
 from loopsync.store import MemoryStore, SqliteStore
 
 from conftest import TIME_UNIT, Connect, RawClient, ServeProcess

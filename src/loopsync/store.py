@@ -226,12 +226,13 @@ class SqliteStore:
     def load_rooms(self) -> dict[str, list[Accepted]]:
         """Every stored part, grouped by room, oldest revision first."""
         self._require_open()
-        return self._call(lambda: self._select(None)).result()
+        rooms: dict[str, list[Accepted]] = self._call(lambda: self._select(None)).result()
+        return rooms
 
     async def load_room(self, room: str) -> list[Accepted]:
         """The stored parts of one room, oldest revision first."""
         self._require_open()
-        rooms = await asyncio.wrap_future(self._call(lambda: self._select(room)))
+        rooms: dict[str, list[Accepted]] = await asyncio.wrap_future(self._call(lambda: self._select(room)))
         return rooms.get(room, [])
 
     def _select(self, room: str | None) -> dict[str, list[Accepted]]:
