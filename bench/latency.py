@@ -228,6 +228,38 @@ async def record(url: str, bpm_a: float, bpm_b: float, lead: float, seconds: flo
     return run
 
 
+def judge_edits(edits: list[dict[str, Any]], received_at: dict[int, tuple[int, float]], sent_at: dict[int, float],
+                played: dict[int, int], loop_times: dict[int, tuple[float, float, float]],
+                syncs_run: list[tuple[int, int]], bound_fixed: float) -> None:
+    """Mark each edit: heard in which loop, its latency against its bound, taken up at the first possible Loop Start.
+
+    ``played[loop]`` is the newest seq of alice's that bob's loop plays;
+    ``loop_times[loop]`` is (start on bob's clock, when bob's client reported
+    it, the time compared with an update's arrival for the lead window);
+    ``syncs_run`` lists (index in bob's event stream, loop synced for).
+    """
+    for edit in edits:
+        seq = edit.get("seq")
+        edit["heard"] = False
+        if seq is None or seq not in received_at:
+            continue
+        receipt_index, receipt_time = received_at[seq]
+        edit["network"] = receipt_time - sent_at[seq]
+        edit["bound"] = bound_fixed + edit["network"]
+        heard_loop = next((loop for loop in sorted(played) if played[loop] >= seq), None)
+        if heard_loop is None:
+            continue
+        on_clock, reported, _ = loop_times[heard_loop]
+        edit.update(heard=True, loop=heard_loop, latency=on_clock - edit["edit"], latency_emitted=reported - edit["edit"])
+        edit["within"] = edit["latency"] <= edit["bound"]
+        first = next((loop for sync_index, loop in syncs_run if sync_index > receipt_index), None)
+        edit["first_possible_loop"] = first
+        edit["first_possible"] = first == heard_loop
+        # Arrived after the sync moment of a loop that had not started yet: it waits that loop out, by the rule.
+        before = loop_times.get(first - 1) if first is not None else None
+        edit["in_lead_window"] = before is not None and before[2] > receipt_time
+
+
 def analyse(run: Run) -> dict[str, Any]:
     """Per-edit latency, network, bound and first-possible check; per-loop checks; summary figures.
 
@@ -286,26 +318,9 @@ def analyse(run: Run) -> dict[str, Any]:
                 not_as_synced.append(loop)
     lateness = [event["monotonic"] - event["due"] for event in loop_started.values()]
     bound_fixed = loop_seconds(run.bpm_a) + loop_seconds(run.bpm_b) + run.lead
-    for edit in edits:
-        edit["heard"] = False
-        if edit.get("seq") not in received_at:
-            continue
-        seq = int(edit["seq"])
-        receipt_index, receipt_time = received_at[seq]
-        edit["network"] = receipt_time - sent_at[seq]
-        edit["bound"] = bound_fixed + edit["network"]
-        heard_loop = next((loop for loop in sorted(played) if played[loop] >= seq), None)
-        if heard_loop is None:
-            continue
-        start = loop_started[heard_loop]
-        edit.update(heard=True, loop=heard_loop, latency=start["due"] - edit["edit"], latency_emitted=start["monotonic"] - edit["edit"])
-        edit["within"] = edit["latency"] <= edit["bound"]
-        first = next((loop for sync_index, loop in syncs_run if sync_index > receipt_index), None)
-        edit["first_possible_loop"] = first
-        edit["first_possible"] = first == heard_loop
-        # Arrived after the sync moment of a loop that had not started yet: it waits that loop out, by the rule.
-        before = loop_started.get(first - 1) if first is not None else None
-        edit["in_lead_window"] = before is not None and before["monotonic"] > receipt_time
+    # The loop's start on its clock, when it was emitted, and (for the lead window) the emitted time again.
+    loop_times = {loop: (e["due"], e["monotonic"], e["monotonic"]) for loop, e in loop_started.items()}
+    judge_edits(edits, received_at, sent_at, played, loop_times, syncs_run, bound_fixed)
     heard = [e for e in edits if e["heard"]]
     latencies = [e["latency"] for e in heard]
     emitted = [e["latency_emitted"] for e in heard]
@@ -539,25 +554,8 @@ def analyse_browser(recorded: dict[str, Any], bpm_a: float, bpm_b: float, lead: 
             applied_late += 1
     not_as_synced = [loop for loop in sorted(played) if loop in taken and played[loop] != taken[loop]]
     bound_fixed = loop_seconds(bpm_a) + loop_seconds(bpm_b) + lead
-    for edit in edits:
-        seq = edit.get("seq")
-        edit["heard"] = False
-        if seq is None or seq not in received_at:
-            continue
-        receipt_index, receipt_time = received_at[seq]
-        edit["network"] = receipt_time - sent_at[seq]
-        edit["bound"] = bound_fixed + edit["network"]
-        heard_loop = next((loop for loop in sorted(played) if played[loop] >= seq), None)
-        if heard_loop is None:
-            continue
-        on_clock, page_heard = loop_start[heard_loop]
-        edit.update(heard=True, loop=heard_loop, latency=on_clock - edit["edit"], latency_emitted=page_heard - edit["edit"])
-        edit["within"] = edit["latency"] <= edit["bound"]
-        first = next((loop for sync_index, loop in syncs_run if sync_index > receipt_index), None)
-        edit["first_possible_loop"] = first
-        edit["first_possible"] = first == heard_loop
-        before = loop_start.get(first - 1) if first is not None else None
-        edit["in_lead_window"] = before is not None and before[0] > receipt_time
+    loop_times = {loop: (on_clock, page_heard, on_clock) for loop, (on_clock, page_heard) in loop_start.items()}
+    judge_edits(edits, received_at, sent_at, played, loop_times, syncs_run, bound_fixed)
     heard_edits = [e for e in edits if e["heard"]]
     latencies = [e["latency"] for e in heard_edits]
     emitted = [e["latency_emitted"] for e in heard_edits]
