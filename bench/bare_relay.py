@@ -1,10 +1,11 @@
 """The baseline of the fan-out benchmark: a bare WebSocket relay on loopsync's stack.
 
-aiohttp, the same WebSocket settings as ``loopsync serve`` (no compression,
-64 KiB frames), one bounded outbox per connection like loopsync's, and no
-rules at all: no validation, no store, no acks. ``hello`` puts a connection
-in a room and every later frame goes as is to the room's other connections.
-What loopsync costs on top of this is what the benchmark measures.
+aiohttp with the same WebSocket settings as ``loopsync serve`` (no
+compression, 64 KiB frames, the 20 s heartbeat), loopsync's own per-connection
+:class:`~loopsync.outbox.Outbox`, and no rules at all: no validation, no store,
+no acks. ``hello`` puts a connection in a room and every later frame goes as
+is to the room's other connections. What loopsync costs on top of this is
+what the benchmark measures.
 
 Run: ``python bench/bare_relay.py --port 0`` (prints its URL like the server).
 """
@@ -18,22 +19,18 @@ import signal
 
 from aiohttp import WSMsgType, web
 
-OUTBOX_SIZE = 256
-
-
-async def _writer(ws: web.WebSocketResponse, outbox: asyncio.Queue[str]) -> None:
-    while True:
-        text = await outbox.get()
-        await ws.send_str(text)
+from loopsync import protocol, server
+from loopsync.outbox import CLOSE_TIMEOUT_SECONDS, SEND_BUFFER_BYTES, Outbox
 
 
 async def _relay(request: web.Request) -> web.WebSocketResponse:
-    rooms: dict[str, set[asyncio.Queue[str]]] = request.app["rooms"]
-    ws = web.WebSocketResponse(compress=False, max_msg_size=64 * 1024)
+    rooms: dict[str, set[Outbox]] = request.app["rooms"]
+    ws = web.WebSocketResponse(compress=False, heartbeat=server.HEARTBEAT_SECONDS, max_msg_size=protocol.MAX_FRAME_BYTES + 1,
+                               timeout=CLOSE_TIMEOUT_SECONDS, writer_limit=SEND_BUFFER_BYTES)
     await ws.prepare(request)
-    outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_SIZE)
-    writer = asyncio.create_task(_writer(ws, outbox))
-    members: set[asyncio.Queue[str]] | None = None
+    outbox = Outbox(ws, request.transport)
+    outbox.start()
+    members: set[Outbox] | None = None
     try:
         async for message in ws:
             if message.type != WSMsgType.TEXT:
@@ -43,12 +40,12 @@ async def _relay(request: web.Request) -> web.WebSocketResponse:
                 members.add(outbox)
                 continue
             for other in members:
-                if other is not outbox and not other.full():
-                    other.put_nowait(message.data)
+                if other is not outbox:
+                    other.push(message.data)  # a full outbox drops the frame: no rules here
     finally:
         if members is not None:
             members.discard(outbox)
-        writer.cancel()
+        await outbox.finish()
     return ws
 
 

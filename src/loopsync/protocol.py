@@ -153,14 +153,18 @@ def snapshot(*, you: str, room: str, steps: int, parts: Mapping[str, Part], revi
     }
 
 
-def update(*, user: str, seq: int, revision: int, part: Part) -> dict[str, Any]:
-    """One accepted part, sent to every other client of the room."""
-    return {"type": "update", "user": user, "seq": seq, "revision": revision, "part": part}
+def update_frame(*, user: str, seq: int, revision: int, part_json: str) -> str:
+    """One accepted part, sent to every other client of the room.
+
+    Built around ``part_json`` (the part already encoded, once per update)
+    because this is the frame every fan-out repeats.
+    """
+    return f'{{"type":"update","user":{json.dumps(user)},"seq":{seq},"revision":{revision},"part":{part_json}}}'
 
 
-def ack(*, seq: int, revision: int) -> dict[str, Any]:
+def ack_frame(*, seq: int, revision: int) -> str:
     """Confirmation to the sender: update ``seq`` is durable as room ``revision``."""
-    return {"type": "ack", "seq": seq, "revision": revision}
+    return f'{{"type":"ack","seq":{seq},"revision":{revision}}}'
 
 
 def presence(users: list[dict[str, Any]]) -> dict[str, Any]:

@@ -8,10 +8,11 @@ from the ``user`` the connection joined as, never from the message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .document import DEFAULT_STEPS, MAX_PARTS, Invalid, Part, Parts, check_part, copy_part
-from .protocol import Update
+from .protocol import Update, encode
 
 MAX_MEMBERS = 512
 
@@ -25,6 +26,11 @@ class Accepted:
     seq: int
     revision: int
     part: Part
+
+    @cached_property
+    def part_json(self) -> str:
+        """The part as compact JSON, encoded once for the wire and the disk."""
+        return encode(self.part)
 
 
 @dataclass

@@ -7,10 +7,11 @@ the room decide (``rooms.Room``), hands what the room accepted to the store
 queues the answers: ``ack`` to the sender, ``update`` to every other
 connection of the room. The room's rules never live here.
 
-Each connection has two tasks: the reader (aiohttp's handler task) and a
-writer that drains the connection's own bounded outbox. A client that stops
-reading therefore only fills its own outbox; when that is full it is closed
-with 1008 ``too slow``, and the rest of its room never waits for it.
+Each connection has its reader (aiohttp's handler task) and an
+:class:`~loopsync.outbox.Outbox`: answers go straight into the socket while
+the peer keeps up and wait in a bounded queue when it does not. A client
+that stops reading therefore only fills its own outbox; when that is full it
+is closed with 1008 ``too slow``, and the rest of its room never waits for it.
 
 Each room keeps two copies of its Shared Data: ``live`` (what the room has
 accepted, some of it possibly still on its way to the disk) decides the next
@@ -27,9 +28,7 @@ import functools
 import itertools
 import logging
 import signal
-import socket
 import sys
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Final
@@ -39,6 +38,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from . import protocol
 from .document import Invalid
 from .protocol import Fetch, Hello, Transport, Update
+from .outbox import CLOSE_TIMEOUT_SECONDS, SEND_BUFFER_BYTES, Outbox
 from .rooms import Accepted, Room
 from .store import MemoryStore, SqliteStore, Store, StoreError
 
@@ -47,16 +47,8 @@ log = logging.getLogger("loopsync.server")
 WEB_DIR: Final = Path(__file__).resolve().parent / "web"
 HELLO_TIMEOUT_SECONDS: Final = 10.0
 HEARTBEAT_SECONDS: Final = 20.0  # aiohttp waits half of it (10 s) for the pong
-OUTBOX_LIMIT: Final = 256
 RATE_BURST: Final = 40
 RATE_PER_SECOND: Final = 20.0
-CLOSE_TIMEOUT_SECONDS: Final = 10.0  # a closing handshake that takes longer is cut
-SEND_BUFFER_BYTES: Final = 16 * 1024
-"""Kernel send buffer and asyncio write buffer per WebSocket. Our frames are a
-few hundred bytes, so this is still many messages; it keeps a peer that stops
-reading from parking megabytes in the kernel (Linux autotunes loopback send
-buffers up to 4 MiB) and lets the outbox, not the socket, notice it quickly."""
-
 CLOSE_GOING_AWAY: Final = int(WSCloseCode.GOING_AWAY)  # 1001
 
 _CONTENT_TYPES: Final = {
@@ -73,39 +65,16 @@ _CONTENT_TYPES: Final = {
 }
 
 
-@dataclass(frozen=True)
-class _Close:
-    """An outbox entry: close the connection after what was queued before."""
+class _Connection(Outbox):
+    """One WebSocket: its outbox, its identity in a room and its rate limit."""
 
-    code: int
-    reason: str
-
-
-_PRESENCE: Final = object()
-"""An outbox entry standing for the newest presence frame of the connection."""
-
-_Entry = str | _Close | object
-
-
-class _Connection:
-    """One WebSocket: its identity in a room, its outbox and its rate limit."""
-
-    __slots__ = (
-        "id", "ws", "transport", "user", "room", "outbox", "presence_frame", "wakeup",
-        "writer", "closing", "tokens", "tokens_at", "hello_timer",
-    )
+    __slots__ = ("id", "user", "room", "tokens", "tokens_at", "hello_timer")
 
     def __init__(self, connection_id: int, ws: web.WebSocketResponse, transport: asyncio.Transport | None, now_seconds: float) -> None:
+        super().__init__(ws, transport, label=str(connection_id))
         self.id = connection_id
-        self.ws = ws
-        self.transport = transport
         self.user: str | None = None
         self.room: _RoomState | None = None
-        self.outbox: deque[_Entry] = deque()
-        self.presence_frame: str | None = None
-        self.wakeup: asyncio.Future[None] | None = None
-        self.writer: asyncio.Task[None] | None = None
-        self.closing = False
         self.tokens = float(RATE_BURST)
         self.tokens_at = now_seconds
         self.hello_timer: asyncio.TimerHandle | None = None
@@ -118,86 +87,6 @@ class _Connection:
             return False
         self.tokens -= 1.0
         return True
-
-    def push(self, frame: str) -> bool:
-        """Queue one frame; ``False`` when the outbox is full (the peer is too slow)."""
-        if self.closing:
-            return True
-        if len(self.outbox) >= OUTBOX_LIMIT:
-            return False
-        self.outbox.append(frame)
-        self._wake()
-        return True
-
-    def push_presence(self, frame: str) -> bool:
-        """Queue presence, replacing presence that is still waiting: only the newest matters."""
-        if self.closing:
-            return True
-        if self.presence_frame is None:
-            if len(self.outbox) >= OUTBOX_LIMIT:
-                return False
-            self.outbox.append(_PRESENCE)
-            self._wake()
-        self.presence_frame = frame
-        return True
-
-    def push_close(self, code: int, reason: str) -> None:
-        """Close after the frames already queued (an error message goes out before its close)."""
-        if self.closing:
-            return
-        self.closing = True
-        self.outbox.append(_Close(code, reason))
-        self._wake()
-
-    def _wake(self) -> None:
-        if self.wakeup is not None and not self.wakeup.done():
-            self.wakeup.set_result(None)
-
-    async def write_loop(self) -> None:
-        """Send the outbox in order until a close entry; runs as the connection's writer task."""
-        outbox = self.outbox
-        ws = self.ws
-        try:
-            while True:
-                while not outbox:
-                    self.wakeup = asyncio.get_running_loop().create_future()
-                    await self.wakeup
-                self.wakeup = None
-                entry = outbox.popleft()
-                if entry is _PRESENCE:
-                    frame, self.presence_frame = self.presence_frame, None
-                    assert frame is not None
-                    await ws.send_str(frame)
-                elif isinstance(entry, _Close):
-                    await self._close(entry.code, entry.reason)
-                    return
-                else:
-                    assert isinstance(entry, str)
-                    await ws.send_str(entry)
-        except ConnectionError:
-            pass  # the peer is gone; the reader sees it too and cleans up
-        except Exception:
-            log.exception("internal error writing to connection %d (%s)", self.id, self.user)
-            if self.transport is not None:
-                self.transport.abort()  # the reader sees the connection end and cleans up
-
-    async def close_too_slow(self) -> None:
-        """Close a peer that does not read: replaces the writer, which is stuck waiting for the socket."""
-        self.outbox.clear()
-        self.presence_frame = None
-        await self._close(int(WSCloseCode.POLICY_VIOLATION), "too slow")
-
-    async def _close(self, code: int, reason: str) -> None:
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-                await self.ws.close(code=code, message=reason.encode())
-        except TimeoutError:
-            # A peer that never reads would keep the buffered close frame, and
-            # this socket, forever: cut it.
-            if self.transport is not None:
-                self.transport.abort()
-        except ConnectionError:
-            pass
 
 
 @dataclass
@@ -309,14 +198,13 @@ class Server:
             writer_limit=SEND_BUFFER_BYTES,  # how often aiohttp checks for backpressure (default 256 KiB)
         )
         await ws.prepare(request)
-        _limit_send_buffers(request.transport)
         loop = asyncio.get_running_loop()
         connection = _Connection(next(self._ids), ws, request.transport, loop.time())
         self.connections[connection.id] = connection
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
-        connection.writer = asyncio.create_task(connection.write_loop())
+        connection.start()
         connection.hello_timer = loop.call_later(self.hello_timeout, self._hello_expired, connection)
         try:
             await self._read_loop(connection)
@@ -329,31 +217,12 @@ class Server:
             del self.connections[connection.id]
             if task is not None:
                 self._handlers.discard(task)
-            await self._finish_writer(connection)
+            await connection.finish()
         return ws
 
     def _hello_expired(self, connection: _Connection) -> None:
         if connection.room is None:
             connection.push_close(protocol.CLOSE_POLICY, "no hello")
-
-    async def _finish_writer(self, connection: _Connection) -> None:
-        writer = connection.writer
-        if writer is None:
-            return
-        if connection.closing:
-            # A close is queued (or a too-slow close runs): let it finish, but
-            # not forever (its writer may be stuck behind a peer that stopped reading).
-            try:
-                await asyncio.wait_for(writer, 2 * CLOSE_TIMEOUT_SECONDS)
-            except TimeoutError:
-                if connection.transport is not None:
-                    connection.transport.abort()
-            except Exception:
-                pass
-        else:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
 
     async def _read_loop(self, connection: _Connection) -> None:
         loop = asyncio.get_running_loop()
@@ -374,9 +243,9 @@ class Server:
             await self._handle(connection, parsed)
             # aiohttp hands over frames that are already buffered without
             # yielding; yield once per message so that a burst on one socket
-            # does not run ahead of the writers it fills (an outbox should only
-            # fill up because its peer is slow, never because its writer
-            # did not get a turn).
+            # does not run ahead of the readers it fills (an outbox should only
+            # fill up because its peer is slow, never because its peer did not
+            # get a turn to read).
             await asyncio.sleep(0)
 
     async def _handle(self, connection: _Connection, message: protocol.ClientMessage | Invalid) -> None:
@@ -450,9 +319,10 @@ class Server:
         # The reader goes on reading; the answers wait for the commit. Commits
         # complete in the order they were queued, so a room's updates go out
         # in revision order.
-        self.store.save_soon(accepted, functools.partial(self._committed, connection, state, accepted))
+        frame = protocol.update_frame(user=accepted.user, seq=accepted.seq, revision=accepted.revision, part_json=accepted.part_json)
+        self.store.save_soon(accepted, functools.partial(self._committed, connection, state, accepted, frame))
 
-    def _committed(self, connection: _Connection, state: _RoomState, accepted: Accepted, problem: StoreError | None) -> None:
+    def _committed(self, connection: _Connection, state: _RoomState, accepted: Accepted, frame: str, problem: StoreError | None) -> None:
         """The store has committed ``accepted`` (or failed to): acknowledge it and send it to the room."""
         if self.rooms.get(accepted.room) is not state:
             return  # the room failed and was closed while this commit was on its way
@@ -462,9 +332,8 @@ class Server:
             return
         state.committed.restore(accepted)
         too_slow = []
-        if connection.room is state and not connection.push(protocol.encode(protocol.ack(seq=accepted.seq, revision=accepted.revision))):
+        if connection.room is state and not connection.push(protocol.ack_frame(seq=accepted.seq, revision=accepted.revision)):
             too_slow.append(connection)
-        frame = protocol.encode(protocol.update(user=accepted.user, seq=accepted.seq, revision=accepted.revision, part=accepted.part))
         too_slow += [other for other in state.connections.values() if other is not connection and not other.push(frame)]
         self._drop_too_slow(too_slow)
 
@@ -526,22 +395,8 @@ class Server:
             if connection.closing:
                 continue
             log.info("closing connection %d (%s): too slow", connection.id, connection.user)
-            connection.closing = True
-            if connection.writer is not None:
-                connection.writer.cancel()
-            connection.writer = asyncio.create_task(connection.close_too_slow())
+            connection.close_too_slow()
             self._leave(connection)
-
-
-def _limit_send_buffers(transport: asyncio.Transport | None) -> None:
-    if transport is None:
-        return
-    transport.set_write_buffer_limits(high=SEND_BUFFER_BYTES)
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-
 
 @contextlib.asynccontextmanager
 async def running(host: str = "127.0.0.1", port: int = 0, store: Store | None = None, **options: Any) -> AsyncIterator[Server]:

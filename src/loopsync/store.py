@@ -146,11 +146,22 @@ CREATE TABLE IF NOT EXISTS parts (
 )
 """
 
-_UPSERT = """
-INSERT INTO parts (room, user, seq, revision, part) VALUES (?, ?, ?, ?, ?)
+_UPSERT_BATCH = """
+INSERT INTO parts (room, user, seq, revision, part)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+       json_extract(value, '$[3]'), json_extract(value, '$[4]')
+FROM json_each(?) WHERE true
 ON CONFLICT (room, user) DO UPDATE SET
     seq = excluded.seq, revision = excluded.revision, part = excluded.part
 """
+"""A whole batch in one statement, so one transaction: ``?`` is a JSON array of
+``[room, user, seq, revision, part]`` rows, applied in order. One statement
+means one call into SQLite, so the store's thread gives up and takes back the
+GIL once per batch rather than once per row (``executemany``), and never waits
+long for an event loop that is busy. (``WHERE true`` lets SQLite's parser tell
+the upsert's ``ON CONFLICT`` from a join's ``ON``.)"""
+
+_Record = tuple[Accepted, "Done"]
 
 @dataclass(frozen=True)
 class _Call:
@@ -186,7 +197,11 @@ class SqliteStore:
         self.busy_timeout = busy_timeout
         self._lock_fd: int | None = None
         self._connection: sqlite3.Connection | None = None
-        self._queue: queue.SimpleQueue[tuple[Accepted, Done, asyncio.AbstractEventLoop] | _Call | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[list[_Record], asyncio.AbstractEventLoop] | _Call | object] = queue.SimpleQueue()
+        self._pending: list[_Record] = []
+        """Saves that wait on the event loop while the thread commits the batch before them."""
+        self._committing = False
+        """A batch is with the thread (event loop side; the thread never reads it)."""
         self._thread: threading.Thread | None = None
         self.commits = 0
         """Transactions committed so far (batches, not updates): for tests and benchmarks."""
@@ -252,10 +267,21 @@ class SqliteStore:
         """Queue the update for the next transaction; ``done`` runs on this event loop once it is committed (or failed).
 
         Records are committed, and their ``done`` callbacks run, in the order
-        they were queued.
+        they were queued. While the thread commits one batch, the saves that
+        come in wait here and go to the thread together when that commit
+        returns: one wake-up of the thread per batch, not one per update, and
+        no wait at all for a save that finds the thread idle.
         """
         self._require_open()
-        self._queue.put((accepted, done, asyncio.get_running_loop()))
+        self._pending.append((accepted, done))
+        if not self._committing:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._pending:
+            self._queue.put((self._pending, asyncio.get_running_loop()))
+            self._pending = []
+            self._committing = True
 
     async def save(self, accepted: Accepted) -> None:
         """Queue the update and return once its transaction is committed; raise :class:`StoreError` if it failed."""
@@ -279,6 +305,7 @@ class SqliteStore:
         await asyncio.wrap_future(self._call(lambda: None))
 
     def _call(self, function: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        self._hand_over()  # a call comes after every save before it
         call = _Call(function, concurrent.futures.Future())
         self._queue.put(call)
         return call.result
@@ -290,13 +317,15 @@ class SqliteStore:
             with contextlib.suppress(queue.Empty):
                 while True:
                     batch.append(self._queue.get_nowait())
-            records: list[tuple[Accepted, Done, asyncio.AbstractEventLoop]] = []
+            records: list[_Record] = []
+            loop: asyncio.AbstractEventLoop | None = None
             for entry in batch:
                 if isinstance(entry, tuple):
-                    records.append(entry)
+                    saves, loop = entry
+                    records += saves
                     continue
                 # A call or the stop comes after the records queued before it.
-                self._commit(records)
+                self._commit(records, loop)
                 records = []
                 if entry is _STOP:
                     return
@@ -305,22 +334,23 @@ class SqliteStore:
                     entry.result.set_result(entry.function())
                 except BaseException as exc:
                     entry.result.set_exception(exc)
-            self._commit(records)
+            self._commit(records, loop)
 
-    def _commit(self, records: list[tuple[Accepted, Done, asyncio.AbstractEventLoop]]) -> None:
-        if not records:
+    def _commit(self, records: list[_Record], loop: asyncio.AbstractEventLoop | None) -> None:
+        if not records or loop is None:
             return
         problem: StoreError | None = None
         try:
-            self._write_batch([accepted for accepted, _, _ in records])
+            self._write_batch([accepted for accepted, _ in records])
         except Exception as exc:
             problem = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
-        loop = records[0][2]  # one server, one loop
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(self._completed, [done for _, done, _ in records], problem)
+            loop.call_soon_threadsafe(self._completed, [done for _, done in records], problem)
 
     def _completed(self, callbacks: list[Done], problem: StoreError | None) -> None:
-        """On the event loop: one batch is committed (or failed); tell its savers in order."""
+        """On the event loop: one batch is committed (or failed); start the next one, then tell this one's savers in order."""
+        self._committing = False
+        self._hand_over()
         if problem is None:
             self.commits += 1
         for done in callbacks:
@@ -333,15 +363,9 @@ class SqliteStore:
         connection = self._connection
         if connection is None:
             raise StoreError("the store is closed")
-        rows = [(a.room, a.user, a.seq, a.revision, json.dumps(a.part, separators=(",", ":"))) for a in batch]
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            connection.executemany(_UPSERT, rows)
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
+        rows = ",".join(f"[{json.dumps(a.room)},{json.dumps(a.user)},{a.seq},{a.revision},{a.part_json}]" for a in batch)
+        # Autocommit: the statement is its own transaction, all rows or none.
+        connection.execute(_UPSERT_BATCH, (f"[{rows}]",))
 
     async def close(self) -> None:
         """Commit what is pending, close the database and release the lock."""
