@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -144,3 +145,15 @@ def test_restore_rebuilds_parts_seqs_and_revision() -> None:
     stale = room.accept("alice", Update(9, HAT, None))
     assert not isinstance(stale, Accepted) and stale.code == "stale_seq"
     assert room.accept("alice", Update(10, HAT, None)) == Accepted("demo", "alice", 10, 8, HAT)
+
+
+@pytest.mark.parametrize("sound", ["kick", "snare", "hat", "clap", "tom", "tone"])
+@pytest.mark.parametrize("steps", [16, 32, 1])
+def test_accepted_part_json_is_the_compact_json_of_the_part(sound: str, steps: int) -> None:
+    """The hand-written encoding equals the json module's, so the wire and the disk get ordinary JSON."""
+    room = Room("demo", steps=steps)
+    part = {"sound": sound, "steps": [(index * 7 + steps) % 3 % 2 for index in range(steps)]}
+    accepted = room.accept("alice", Update(1, part, None))
+    assert isinstance(accepted, Accepted)
+    assert accepted.part_json == json.dumps(part, separators=(",", ":"))
+    assert json.loads(accepted.part_json) == part

@@ -77,6 +77,16 @@ def empty_part(step_count: int, sound: str = "kick") -> Part:
     return {"sound": sound, "steps": [0] * step_count}
 
 
+def encode_part(part: Mapping[str, Any]) -> str:
+    """A valid part as compact JSON: the same text as ``json.dumps(part, separators=(",", ":"))``.
+
+    Every accepted update is encoded once, for the wire and the disk, and a
+    valid part is a known sound name and a list of 0s and 1s, so plain string
+    work does it at a fraction of the json module's cost.
+    """
+    return f'{{"sound":"{part["sound"]}","steps":{str(part["steps"]).replace(" ", "")}}}'
+
+
 def copy_part(part: Mapping[str, Any]) -> Part:
     """A copy of a part that shares no list with the original."""
     return {"sound": part["sound"], "steps": list(part["steps"])}

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from .document import DEFAULT_STEPS, MAX_PARTS, Invalid, Part, Parts, check_part, copy_part
-from .protocol import Update, encode
+from .document import DEFAULT_STEPS, MAX_PARTS, Invalid, Part, Parts, check_part, copy_part, encode_part
+from .protocol import Update
 
 MAX_MEMBERS = 512
 
@@ -30,7 +30,7 @@ class Accepted:
     @cached_property
     def part_json(self) -> str:
         """The part as compact JSON, encoded once for the wire and the disk."""
-        return encode(self.part)
+        return encode_part(self.part)
 
 
 @dataclass
