@@ -20,13 +20,14 @@ import signal
 
 from aiohttp import WSMsgType, web
 
-from loopsync import protocol, server
+from loopsync import protocol
 from loopsync.outbox import CLOSE_TIMEOUT_SECONDS, SEND_BUFFER_BYTES, Outbox
+from loopsync.server import HEARTBEAT_SECONDS, event_loop_factory
 
 
 async def _relay(request: web.Request) -> web.WebSocketResponse:
     rooms: dict[str, set[Outbox]] = request.app["rooms"]
-    ws = web.WebSocketResponse(compress=False, heartbeat=server.HEARTBEAT_SECONDS, max_msg_size=protocol.MAX_FRAME_BYTES + 1,
+    ws = web.WebSocketResponse(compress=False, heartbeat=HEARTBEAT_SECONDS, max_msg_size=protocol.MAX_FRAME_BYTES + 1,
                                timeout=CLOSE_TIMEOUT_SECONDS, writer_limit=SEND_BUFFER_BYTES)
     await ws.prepare(request)
     outbox = Outbox(ws, request.transport)
@@ -72,5 +73,5 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    with asyncio.Runner(loop_factory=server.event_loop_factory()) as runner:  # the same loop as loopsync serve
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:  # the same loop as loopsync serve
         runner.run(_main(args.host, args.port))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -182,6 +183,12 @@ class _Worker:
             self.ready.set()
 
     async def run(self) -> None:
+        # A collection of the generations that hold the clients and the send
+        # timers takes tens of milliseconds: with it on, the p99 the workers
+        # reported was the load generator's own pauses (a bare relay at
+        # 36,000 deliveries/s: p99 15-19 ms with it, 5-8 ms without). The
+        # workers make no reference cycles worth collecting in a minute.
+        gc.disable()
         loop = asyncio.get_running_loop()
         host, port = self.host.rsplit(":", 1)
         clients = []
