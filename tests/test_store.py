@@ -142,3 +142,18 @@ async def test_a_cancelled_save_is_still_committed(sqlite_store: SqliteStore) ->
     await sqlite_store.flush()
     assert stored_rows(sqlite_store.path) == [("demo", "alice", 1, 1)]
     await sqlite_store.close()
+
+
+async def test_saves_during_a_commit_wait_for_the_commit_interval(tmp_path: Path) -> None:
+    """A save that finds the store idle goes at once; those that come while it commits go together, one interval later."""
+    store = SqliteStore(tmp_path, commit_interval=0.2)
+    store.open()
+    await store.save(Accepted("demo", "alice", 1, 1, KICK))
+    assert store.commits == 1
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.gather(store.save(Accepted("demo", "bob", 1, 2, HAT)), store.save(Accepted("demo", "alice", 2, 3, HAT)))
+    assert store.commits == 2  # both in one transaction
+    assert loop.time() - started < 0.2 + 5.0  # safety net only
+    assert stored_rows(store.path) == [("demo", "bob", 1, 2), ("demo", "alice", 2, 3)]
+    await store.close()
