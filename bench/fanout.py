@@ -9,7 +9,7 @@ its send time (``time.monotonic_ns() // 1000``, one clock for every process
 of the machine) as its ``seq``, which both servers pass on, so every receiver
 measures the delivery latency of every update.
 
-Scenarios (default: about three minutes in all; ``--long`` runs each 4x longer):
+Scenarios (default: about five minutes in all; ``--long`` runs each 4x longer):
 
 - ``rooms``: 500 rooms x 4 clients, each sending its part once per loop at
   two loops a second;
