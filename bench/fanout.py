@@ -9,14 +9,15 @@ its send time (``time.monotonic_ns() // 1000``, one clock for every process
 of the machine) as its ``seq``, which both servers pass on, so every receiver
 measures the delivery latency of every update.
 
-Scenarios (default: about five minutes in all; ``--long`` runs each 4x longer):
+Scenarios (default: about six minutes in all; ``--long`` runs each 4x longer):
 
 - ``rooms``: 500 rooms x 4 clients, each sending its part once per loop at
   two loops a second;
 - ``crowd``: one room of 200 clients, each sending once every 2 s;
 - ``ramp``: rooms of 4 clients each sending 10 updates a second, the number of
-  rooms doubled from 100 until p99 passes 20 ms, then bisected three times, to
-  find the most deliveries per second with p99 under 20 ms.
+  rooms doubled from 100 until p99 passes 20 ms (twice: a load gets a second
+  run), then bisected three times, to find the most deliveries per second
+  with p99 under 20 ms.
 
 Reports deliveries per second, latency p50/p99/max, server CPU seconds and
 memory per connection, and loopsync's throughput as a ratio of the relay's.
@@ -47,6 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = 16
 WORKERS = 2
 JOIN_TIMEOUT_SECONDS = 60
+GO_MARGIN_SECONDS = 0.2
+"""Workers hear "go" one after the other and count deliveries only from then
+on, so no client sends before this much time after "go": an update sent in
+the first milliseconds could otherwise reach a worker that does not count yet."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -113,10 +118,11 @@ class _LoadClient(asyncio.Protocol):
         while size - position >= 2:
             opcode, length = buffer[position] & 0x0F, buffer[position + 1] & 0x7F
             start = position + 2
-            if length == 126:
-                length, start = int.from_bytes(buffer[start:start + 2], "big"), start + 2
-            elif length == 127:
-                length, start = int.from_bytes(buffer[start:start + 8], "big"), start + 8
+            if length >= 126:
+                extra = 2 if length == 126 else 8
+                if start + extra > size:
+                    break  # the extended length has not all arrived yet
+                length, start = int.from_bytes(buffer[start:start + extra], "big"), start + extra
             if start + length > size:
                 break
             self.frame(opcode, buffer[start:start + length])
@@ -202,10 +208,10 @@ class _Worker:
         sends = int(self.duration / self.period)
         now = loop.time()
         for client in clients:
-            start = now + random.uniform(0, self.period)
+            start = now + GO_MARGIN_SECONDS + random.uniform(0, self.period)
             for index in range(sends):
                 loop.call_at(start + index * self.period, client.send_part)
-        await asyncio.sleep(self.duration + self.period)
+        await asyncio.sleep(GO_MARGIN_SECONDS + self.duration + self.period)
         # Let the last deliveries arrive: until a quiet second, at most 10 s.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and time.monotonic() - self.last_receive < 1:
@@ -338,14 +344,20 @@ def scenario(name: str, rooms: int, per_room: int, period: float, duration: floa
 RAMP_FIRST_ROOMS = 100
 RAMP_MAX_ROOMS = 1600
 RAMP_BISECTIONS = 3
+RAMP_TRIES = 2
+"""A load keeps the budget if one of this many runs of it does. One stall of
+the shared machine (tens of milliseconds) in a 4 s step can decide a p99 by
+itself, and a single unlucky step would end a server's ramp early; both
+servers get the same second chance."""
 
 
 def ramp(duration: float, budget_ms: float = 20.0) -> list[dict[str, Any]]:
     """Find, per server, the most rooms it serves with p99 under ``budget_ms`` and nothing lost.
 
     The number of rooms doubles from ``RAMP_FIRST_ROOMS`` until a load breaks
-    the budget, then the gap between the last load that kept it and the
-    first that broke it is halved ``RAMP_BISECTIONS`` times. Each client
+    the budget (in ``RAMP_TRIES`` runs), then the gap between the last load
+    that kept it and the first that broke it is halved ``RAMP_BISECTIONS``
+    times. Each client
     sends 10 updates a second (half the server's per-connection rate limit),
     so the load grows by connections, as it does in real use.
     """
@@ -356,14 +368,16 @@ def ramp(duration: float, budget_ms: float = 20.0) -> list[dict[str, Any]]:
     best_by_server: dict[str, dict[str, Any]] = {}
 
     def keeps_budget(kind: str, rooms: int) -> bool:
-        figures = run_load(kind, rooms, 4, period, duration)
-        figures["scenario"] = "ramp"
-        rows.append(figures)
-        print(_row(figures))
-        kept = figures["p99_ms"] <= budget_ms and figures["deliveries"] >= 0.999 * figures["deliveries_expected"]
-        if kept and figures["deliveries_per_s"] > best_by_server.get(kind, {}).get("deliveries_per_s", 0):
-            best_by_server[kind] = figures
-        return bool(kept)
+        for _ in range(RAMP_TRIES):
+            figures = run_load(kind, rooms, 4, period, duration)
+            figures["scenario"] = "ramp"
+            rows.append(figures)
+            print(_row(figures))
+            if figures["p99_ms"] <= budget_ms and figures["deliveries"] >= 0.999 * figures["deliveries_expected"]:
+                if figures["deliveries_per_s"] > best_by_server.get(kind, {}).get("deliveries_per_s", 0):
+                    best_by_server[kind] = figures
+                return True
+        return False
 
     for kind in ("relay", "loopsync"):
         kept, broke = 0, RAMP_FIRST_ROOMS

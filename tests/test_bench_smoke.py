@@ -15,7 +15,9 @@ from loopsync.client import Event
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.append(str(BENCH))  # appended: the scripts never shadow an installed module
 
+import fanout  # noqa: E402  (a script in bench/)
 import latency  # noqa: E402  (a script in bench/)
+from loopsync.outbox import text_frame  # noqa: E402
 
 
 def run_bench(script: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -113,3 +115,20 @@ def test_latency_checker_catches_a_loop_that_plays_stale_data() -> None:
     assert figures["bob_loops_not_as_synced"] == [2]
     assert figures["first_possible"] == 1
     assert figures["per_edit"][1]["loop"] == 3
+
+
+def test_fanout_load_client_reads_frames_split_at_any_byte() -> None:
+    """The load client's frame parser waits for a whole header: a TCP read may end inside the extended length."""
+    worker = fanout._Worker({"url": "ws://127.0.0.1:1/ws", "snapshots": True, "members": [], "period": 1.0, "duration": 1.0})
+    worker.going = True
+    client = fanout._LoadClient(worker, "room", "user")
+    client.upgraded = True
+    update = '{"type":"update","user":"u","seq":%d,"revision":1,"part":{"sound":"kick","steps":[%s]}}'
+    frames = b"".join(text_frame(update % (seq, ",".join("01" * steps))) for seq, steps in ((1, 16), (2, 8), (3, 64)))
+    assert frames[1] & 0x7F == 126  # the first frame already needs the 16-bit length
+    for cut in range(len(frames) + 1):
+        worker.latencies_us.clear()
+        client.buffer = b""
+        client.data_received(frames[:cut])
+        client.data_received(frames[cut:])
+        assert len(worker.latencies_us) == 3, f"split at byte {cut}"
