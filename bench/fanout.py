@@ -15,7 +15,7 @@ Scenarios (default: about six minutes in all; ``--long`` runs each 4x longer):
   two loops a second;
 - ``crowd``: one room of 200 clients, each sending once every 2 s;
 - ``ramp``: rooms of 4 clients each sending 10 updates a second, the number of
-  rooms doubled from 100 until p99 passes 20 ms (twice: a load gets a second
+  rooms doubled from 100 until p99 passes 20 ms (a near miss gets a second
   run), then bisected three times, to find the most deliveries per second
   with p99 under 20 ms.
 
@@ -348,7 +348,8 @@ RAMP_TRIES = 2
 """A load keeps the budget if one of this many runs of it does. One stall of
 the shared machine (tens of milliseconds) in a 4 s step can decide a p99 by
 itself, and a single unlucky step would end a server's ramp early; both
-servers get the same second chance."""
+servers get the same second chance, for a near miss (p99 under twice the
+budget) only."""
 
 
 def ramp(duration: float, budget_ms: float = 20.0) -> list[dict[str, Any]]:
@@ -377,6 +378,8 @@ def ramp(duration: float, budget_ms: float = 20.0) -> list[dict[str, Any]]:
                 if figures["deliveries_per_s"] > best_by_server.get(kind, {}).get("deliveries_per_s", 0):
                     best_by_server[kind] = figures
                 return True
+            if figures["p99_ms"] > 2 * budget_ms:
+                return False  # no near miss: a second run would not change the verdict
         return False
 
     for kind in ("relay", "loopsync"):
