@@ -436,7 +436,7 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop where it is installed (Linux and macOS), else asyncio's own (``None``).
 
     uvloop runs the same asyncio code with its transports and scheduling in
-    C: in ``bench/fanout.py`` the server delivered about a third more updates
+    C: in ``bench/fanout.py`` the server delivered about a fifth more updates
     per second under the 20 ms p99 budget with it. Nothing in loopsync
     depends on which loop runs it.
     """
