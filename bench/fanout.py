@@ -93,12 +93,7 @@ class _LoadClient(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
-        transport = self.transport
-        transport.write(_HANDSHAKE.format(host=self.worker.host).encode())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.worker.finished:
-            self.worker.stats["lost_connections"] += 1
+        self.transport.write(_HANDSHAKE.format(host=self.worker.host).encode())
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer + data
@@ -175,11 +170,10 @@ class _Worker:
         self.members: list[tuple[str, str]] = config["members"]
         self.period: float = config["period"]
         self.duration: float = config["duration"]
-        self.stats: dict[str, Any] = {"sent": 0, "acks": 0, "errors": 0, "lost_connections": 0}
+        self.stats: dict[str, Any] = {"sent": 0, "acks": 0, "errors": 0}
         self.latencies_us: list[int] = []
         self.last_receive = 0.0
         self.going = False
-        self.finished = False
         self.ready = asyncio.Event()
         self.joins = 0
 
@@ -216,7 +210,6 @@ class _Worker:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and time.monotonic() - self.last_receive < 1:
             await asyncio.sleep(0.2)
-        self.finished = True
         for client in clients:
             assert client.transport is not None
             client.transport.abort()

@@ -169,6 +169,7 @@ the upsert's ``ON CONFLICT`` from a join's ``ON``.)"""
 
 _Record = tuple[Accepted, "Done"]
 
+
 @dataclass(frozen=True)
 class _Call:
     """A queue entry: run ``function`` in the store's thread, after the records queued before it."""
