@@ -122,6 +122,8 @@ class Server:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._broken_rooms: set[str] = set()
+        self._messages_read = 0
+        """Messages read on all connections: tells a reader whether others had a turn since its last one."""
 
     @property
     def http_url(self) -> str:
@@ -226,7 +228,19 @@ class Server:
 
     async def _read_loop(self, connection: _Connection) -> None:
         loop = asyncio.get_running_loop()
+        my_last_read = -1
         async for message in connection.ws:
+            # aiohttp hands over frames that are already buffered without
+            # yielding, so a burst on one socket could run ahead of the readers
+            # it fills (an outbox should only fill up because its peer is slow,
+            # never because its peer did not get a turn to read). When no other
+            # connection's message has been read since this one's last, yield
+            # once; under load the readers take turns anyway and nobody yields.
+            self._messages_read += 1
+            others_had_a_turn = self._messages_read != my_last_read + 1
+            my_last_read = self._messages_read
+            if not others_had_a_turn:
+                await asyncio.sleep(0)
             if connection.closing:
                 break
             allowed = connection.take_token(loop.time())
@@ -241,12 +255,6 @@ class Server:
                 self._send_error(connection, Invalid("rate_limited", f"more than {RATE_BURST} messages at once or {RATE_PER_SECOND:g} per second"), seq)
                 continue
             await self._handle(connection, parsed)
-            # aiohttp hands over frames that are already buffered without
-            # yielding; yield once per message so that a burst on one socket
-            # does not run ahead of the readers it fills (an outbox should only
-            # fill up because its peer is slow, never because its peer did not
-            # get a turn to read).
-            await asyncio.sleep(0)
 
     async def _handle(self, connection: _Connection, message: protocol.ClientMessage | Invalid) -> None:
         if isinstance(message, Invalid):
