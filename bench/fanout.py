@@ -21,7 +21,11 @@ Scenarios (default: about six minutes in all; ``--long`` runs each 4x longer):
 
 Reports deliveries per second, latency p50/p99/max, server CPU seconds and
 memory per connection, and loopsync's throughput as a ratio of the relay's.
-``--smoke`` runs a few seconds of a small load (the test suite does).
+``--floor`` adds a third server to the ramp: the floor
+(``bare_relay.py --durable``), which parses, commits, acknowledges and passes
+on every frame and does nothing else, to tell what DESIGN.md's rules cost on
+this stack from what loopsync's code costs (about two minutes more).
+``--smoke`` runs a few seconds of a small load on all three (the test suite does).
 """
 
 from __future__ import annotations
@@ -248,6 +252,8 @@ LOOPSYNC_STORE = "sqlite"
 def _start(kind: str, data_dir: str) -> Server:
     if kind == "loopsync":
         command = [sys.executable, "-m", "loopsync", "serve", "--port", "0", "--store", LOOPSYNC_STORE, "--data", data_dir]
+    elif kind == "floor":  # the bare relay plus parse, commit and ack: see bare_relay.py
+        command = [sys.executable, str(ROOT / "bench" / "bare_relay.py"), "--port", "0", "--durable", data_dir]
     else:
         command = [sys.executable, str(ROOT / "bench" / "bare_relay.py"), "--port", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -320,18 +326,22 @@ def _row(figures: dict[str, Any]) -> str:
             f"  {figures['kib_per_connection']:5.1f} KiB/conn  errors {figures['errors']}")
 
 
-def scenario(name: str, rooms: int, per_room: int, period: float, duration: float) -> list[dict[str, Any]]:
-    """Run one load against both servers and print the comparison."""
+def _cpu_per_delivery(figures: dict[str, Any]) -> float:
+    return float(figures["server_cpu_s"]) / max(int(figures["deliveries"]), 1)
+
+
+def scenario(name: str, rooms: int, per_room: int, period: float, duration: float, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Run one load against each server of ``kinds`` (the relay first) and print the comparison."""
     print(f"{name}: {rooms} rooms x {per_room} clients, one update per client every {period:g} s, {duration:g} s")
-    pair = [run_load(kind, rooms, per_room, period, duration) for kind in ("relay", "loopsync")]
-    for figures in pair:
+    runs = {kind: run_load(kind, rooms, per_room, period, duration) for kind in kinds}
+    for figures in runs.values():
         print(_row(figures))
-    relay, ours = pair
-    print(f"  loopsync / relay throughput: {ours['deliveries_per_s'] / relay['deliveries_per_s']:.2f}"
-          f"  cpu per delivery: {ours['server_cpu_s'] / max(ours['deliveries'], 1) / (relay['server_cpu_s'] / max(relay['deliveries'], 1)):.2f}x")
-    for figures in pair:
         figures["scenario"] = name
-    return pair
+    relay = runs["relay"]
+    for kind in kinds[1:]:
+        print(f"  {kind} / relay throughput: {runs[kind]['deliveries_per_s'] / relay['deliveries_per_s']:.2f}"
+              f"  cpu per delivery: {_cpu_per_delivery(runs[kind]) / _cpu_per_delivery(relay):.2f}x")
+    return list(runs.values())
 
 
 RAMP_FIRST_ROOMS = 100
@@ -345,7 +355,7 @@ servers get the same second chance, for a near miss (p99 under twice the
 budget) only."""
 
 
-def ramp(duration: float, budget_ms: float = 20.0) -> list[dict[str, Any]]:
+def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = 20.0) -> list[dict[str, Any]]:
     """Find, per server, the most rooms it serves with p99 under ``budget_ms`` and nothing lost.
 
     The number of rooms doubles from ``RAMP_FIRST_ROOMS`` until a load breaks
@@ -375,7 +385,7 @@ def ramp(duration: float, budget_ms: float = 20.0) -> list[dict[str, Any]]:
                 return False  # no near miss: a second run would not change the verdict
         return False
 
-    for kind in ("relay", "loopsync"):
+    for kind in kinds:
         kept, broke = 0, RAMP_FIRST_ROOMS
         while broke <= RAMP_MAX_ROOMS and keeps_budget(kind, broke):
             kept, broke = broke, broke * 2
@@ -390,9 +400,10 @@ def ramp(duration: float, budget_ms: float = 20.0) -> list[dict[str, Any]]:
     for kind, best in best_by_server.items():
         print(f"  {kind}: most under the budget: {best['deliveries_per_s']:,.0f} deliveries/s"
               f" ({best['connections']} connections) at p99 {best['p99_ms']:.2f} ms")
-    if len(best_by_server) == 2:
-        print(f"  loopsync / relay, most deliveries/s with p99 under {budget_ms:g} ms:"
-              f" {best_by_server['loopsync']['deliveries_per_s'] / best_by_server['relay']['deliveries_per_s']:.2f}")
+    for kind, baseline in (("loopsync", "relay"), ("floor", "relay"), ("loopsync", "floor")):
+        if kind in best_by_server and baseline in best_by_server:
+            print(f"  {kind} / {baseline}, most deliveries/s with p99 under {budget_ms:g} ms:"
+                  f" {best_by_server[kind]['deliveries_per_s'] / best_by_server[baseline]['deliveries_per_s']:.2f}")
     return rows
 
 
@@ -403,6 +414,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite",
                         help="loopsync's store (default sqlite: every update committed before it is passed on)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also ramp the floor (bare_relay.py --durable: parse, commit, ack, pass on; no rules)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -412,12 +425,12 @@ def main() -> int:
     global LOOPSYNC_STORE
     LOOPSYNC_STORE = args.store
     if args.smoke:
-        rows = scenario("smoke", 5, 4, 0.25, 1.5)
+        rows = scenario("smoke", 5, 4, 0.25, 1.5, ("relay", "floor", "loopsync"))
     else:
         scale = 4 if args.long else 1
-        rows = scenario("rooms", 500, 4, 0.5, 10 * scale)
-        rows += scenario("crowd", 1, 200, 2.0, 8 * scale)
-        rows += ramp(4 * scale)
+        rows = scenario("rooms", 500, 4, 0.5, 10 * scale, ("relay", "loopsync"))
+        rows += scenario("crowd", 1, 200, 2.0, 8 * scale, ("relay", "loopsync"))
+        rows += ramp(4 * scale, ("relay", "floor", "loopsync") if args.floor else ("relay", "loopsync"))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     lost = [row for row in rows if row["server"] == "loopsync"

@@ -61,10 +61,13 @@ def test_soak_smoke(tmp_path: Path) -> None:
 
 
 def test_fanout_smoke() -> None:
-    """bench/fanout.py --smoke exits 0 and names loopsync's throughput as a ratio of the relay's."""
+    """bench/fanout.py --smoke exits 0; the relay, the floor and loopsync each deliver every update; ratios are named."""
     result = run_bench("fanout.py", "--smoke")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"throughput\S*:? *\d+(\.\d+)?", result.stdout), result.stdout
+    for kind in ("relay", "floor", "loopsync"):
+        assert re.search(rf"^  {kind} +\d+ conns .*\((\d+)/\1\) .*errors 0$", result.stdout, re.MULTILINE), result.stdout
+    for kind in ("floor", "loopsync"):
+        assert re.search(rf"{kind} / relay throughput: \d+\.\d+", result.stdout), result.stdout
 
 
 # -- the latency checker fails when it should ----------------------------------------------
