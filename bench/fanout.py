@@ -361,9 +361,9 @@ def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = 20.0) -> li
     The number of rooms doubles from ``RAMP_FIRST_ROOMS`` until a load breaks
     the budget (in ``RAMP_TRIES`` runs), then the gap between the last load
     that kept it and the first that broke it is halved ``RAMP_BISECTIONS``
-    times. Each client
-    sends 10 updates a second (half the server's per-connection rate limit),
-    so the load grows by connections, as it does in real use.
+    times. Each client sends 10 updates a second (half the server's
+    per-connection rate limit), so the load grows by connections, as it does
+    in real use.
     """
     period = 0.1
     print(f"ramp: rooms of 4 clients, one update per client every {period:g} s, rooms doubled from {RAMP_FIRST_ROOMS}"
