@@ -1,6 +1,6 @@
 """The baselines of the fan-out benchmark: a bare WebSocket relay on loopsync's stack, and the floor.
 
-aiohttp on the same event loop (uvloop where installed), with the same
+aiohttp on the same event loop (uvloop where installed) and garbage collector settings, with the same
 WebSocket settings as ``loopsync serve`` (no compression, 64 KiB frames, the
 20 s heartbeat) and loopsync's own per-connection
 :class:`~loopsync.outbox.Outbox`, and no rules at all: no validation, no
@@ -25,26 +25,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import signal
 
+import orjson
 from aiohttp import WSMsgType, web
 
 from loopsync import protocol
 from loopsync.outbox import CLOSE_TIMEOUT_SECONDS, SEND_BUFFER_BYTES, Outbox
 from loopsync.rooms import Accepted
-from loopsync.server import HEARTBEAT_SECONDS, event_loop_factory
+from loopsync.server import HEARTBEAT_SECONDS, event_loop_factory, tune_gc
 from loopsync.store import SqliteStore, StoreError
 
 
-def _committed(sender: Outbox, members: set[Outbox], text: str, ack: str, problem: StoreError | None) -> None:
+def _committed(sender: Outbox, members: set[Outbox], frame: bytes, ack: bytes, problem: StoreError | None) -> None:
     """The floor's answers, once the store has committed the frame: the ack, then the frame to the others."""
     if problem is not None:
         raise problem
     sender.push(ack)
     for other in members:
         if other is not sender:
-            other.push(text)
+            other.push(frame)
 
 
 async def _relay(request: web.Request) -> web.WebSocketResponse:
@@ -62,21 +62,22 @@ async def _relay(request: web.Request) -> web.WebSocketResponse:
             if message.type != WSMsgType.TEXT:
                 continue
             if members is None:
-                hello = json.loads(message.data)
+                hello = orjson.loads(message.data)
                 room, user = hello["room"], hello["user"]
                 members = rooms.setdefault(room, set())
                 members.add(outbox)
                 continue
             if store is not None:
-                update = json.loads(message.data)  # the ack must name the seq
+                update = orjson.loads(message.data)  # the ack must name the seq (the same parser as loopsync)
                 revisions[room] = revision = revisions.get(room, 0) + 1
                 accepted = Accepted(room, user, update["seq"], revision, update["part"])
-                store.save_soon(accepted, functools.partial(_committed, outbox, members, message.data,
+                store.save_soon(accepted, functools.partial(_committed, outbox, members, message.data.encode(),
                                                             protocol.ack_frame(seq=accepted.seq, revision=revision)))
                 continue
+            frame = message.data.encode()  # aiohttp hands over text as str; encoded once for every peer
             for other in members:
                 if other is not outbox:
-                    other.push(message.data)  # a full outbox drops the frame: no rules here
+                    other.push(frame)  # a full outbox drops the frame: no rules here
     finally:
         if members is not None:
             members.discard(outbox)
@@ -97,6 +98,7 @@ async def _main(host: str, port: int, data_dir: str | None) -> None:
     site = web.TCPSite(runner, host, port)
     await site.start()
     real_port = runner.addresses[0][1]
+    tune_gc()  # the same collector settings as loopsync serve
     print(f"bare relay is serving at http://{host}:{real_port}/", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

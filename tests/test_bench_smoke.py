@@ -127,7 +127,7 @@ def test_fanout_load_client_reads_frames_split_at_any_byte() -> None:
     client = fanout._LoadClient(worker, "room", "user")
     client.upgraded = True
     update = '{"type":"update","user":"u","seq":%d,"revision":1,"part":{"sound":"kick","steps":[%s]}}'
-    frames = b"".join(text_frame(update % (seq, ",".join("01" * steps))) for seq, steps in ((1, 16), (2, 8), (3, 64)))
+    frames = b"".join(text_frame((update % (seq, ",".join("01" * steps))).encode()) for seq, steps in ((1, 16), (2, 8), (3, 64)))
     assert frames[1] & 0x7F == 126  # the first frame already needs the 16-bit length
     for cut in range(len(frames) + 1):
         worker.latencies_us.clear()

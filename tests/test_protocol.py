@@ -92,11 +92,12 @@ def test_server_messages_have_the_documented_shapes() -> None:
     snapshot = protocol.snapshot(you="bob", room="demo", steps=16, parts={"alice": KICK}, revision=3, seq=2)
     assert snapshot == {"type": "snapshot", "v": 1, "you": "bob", "revision": 3, "seq": 2,
                         "doc": {"room": "demo", "steps": 16, "parts": {"alice": KICK}}}
-    assert protocol.ack_frame(seq=7, revision=13) == '{"type":"ack","seq":7,"revision":13}'
-    update = protocol.update_frame(user="bob", seq=3, revision=13, part_json=protocol.encode(KICK))
+    assert protocol.ack_frame(seq=7, revision=13) == b'{"type":"ack","seq":7,"revision":13}'
+    update = protocol.update_frame(user="bob", seq=3, revision=13, part=KICK)
+    assert json.loads(update) == {"type": "update", "user": "bob", "seq": 3, "revision": 13, "part": KICK}
     assert update == protocol.encode({"type": "update", "user": "bob", "seq": 3, "revision": 13, "part": KICK})
     assert protocol.presence([{"user": "a", "playing": True, "bpm": None}]) == {
         "type": "presence", "users": [{"user": "a", "playing": True, "bpm": None}]}
     assert protocol.error(Invalid("stale_seq", "m"), 5) == {"type": "error", "code": "stale_seq", "message": "m", "seq": 5}
     assert protocol.error(Invalid("bad_json", "m")) == {"type": "error", "code": "bad_json", "message": "m"}
-    assert protocol.encode(protocol.presence([{"user": "a", "playing": False, "bpm": 120.0}])).endswith('"bpm":120.0}]}')
+    assert protocol.encode(protocol.presence([{"user": "a", "playing": False, "bpm": 120.0}])).endswith(b'"bpm":120.0}]}')

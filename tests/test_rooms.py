@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from loopsync import protocol
 from loopsync.document import MAX_PARTS
 from loopsync.protocol import Update
 from loopsync.rooms import MAX_MEMBERS, Accepted, Room
@@ -149,11 +150,12 @@ def test_restore_rebuilds_parts_seqs_and_revision() -> None:
 
 @pytest.mark.parametrize("sound", ["kick", "snare", "hat", "clap", "tom", "tone"])
 @pytest.mark.parametrize("steps", [16, 32, 1])
-def test_accepted_part_json_is_the_compact_json_of_the_part(sound: str, steps: int) -> None:
-    """The hand-written encoding equals the json module's, so the wire and the disk get ordinary JSON."""
+def test_update_frame_carries_the_accepted_part_as_plain_json(sound: str, steps: int) -> None:
+    """The frame the room's peers get holds the accepted part, fields in the document's order whatever the client sent."""
     room = Room("demo", steps=steps)
-    part = {"sound": sound, "steps": [(index * 7 + steps) % 3 % 2 for index in range(steps)]}
-    accepted = room.accept("alice", Update(1, part, None))
+    pattern = [(index * 7 + steps) % 3 % 2 for index in range(steps)]
+    accepted = room.accept("alice", Update(1, {"steps": pattern, "sound": sound}, None))
     assert isinstance(accepted, Accepted)
-    assert accepted.part_json == json.dumps(part, separators=(",", ":"))
-    assert json.loads(accepted.part_json) == part
+    frame = protocol.update_frame(user="alice", seq=1, revision=accepted.revision, part=accepted.part)
+    assert json.loads(frame) == {"type": "update", "user": "alice", "seq": 1, "revision": 1, "part": {"sound": sound, "steps": pattern}}
+    assert b'"part":{"sound":' in frame

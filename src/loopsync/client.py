@@ -366,7 +366,7 @@ class Client:
                 outbox: asyncio.Queue[Message] = asyncio.Queue()
                 self._outbox = outbox
                 hello = {"type": "hello", "v": protocol.VERSION, "room": self.room, "user": self.user, "playing": self.clock.playing, **self._bpm_field()}
-                await ws.send_str(protocol.encode(hello))
+                await ws.send_frame(protocol.encode(hello), aiohttp.WSMsgType.TEXT)
                 self._emit("sent", message=hello)
                 writer = asyncio.create_task(self._write_loop(ws, outbox))
                 async for frame in ws:
@@ -396,7 +396,7 @@ class Client:
         # One writer per connection keeps messages in the order the core returned them.
         while True:
             message = await outbox.get()
-            await ws.send_str(protocol.encode(message))
+            await ws.send_frame(protocol.encode(message), aiohttp.WSMsgType.TEXT)
             self._emit("sent", message=message)
 
     def _send(self, messages: list[Message]) -> None:

@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 log = logging.getLogger("loopsync.outbox")
 
@@ -43,9 +43,8 @@ _TEXT_MEDIUM: Final = struct.Struct("!BBH")
 _TEXT_LARGE: Final = struct.Struct("!BBQ")
 
 
-def text_frame(text: str) -> bytes:
-    """One unmasked, final WebSocket text frame (RFC 6455 section 5.2), as a server sends it."""
-    payload = text.encode()
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final WebSocket text frame (RFC 6455 section 5.2) around a UTF-8 payload, as a server sends it."""
     length = len(payload)
     if length < 126:
         return _TEXT_SMALL.pack(0x81, length) + payload
@@ -76,11 +75,15 @@ class _Close:
 _PRESENCE: Final = object()
 """An outbox entry standing for the newest presence frame of the connection."""
 
-_Entry = str | _Close | object
+_Entry = bytes | _Close | object
 
 
 class Outbox:
-    """Frames to one peer, in order; call :meth:`start` once the WebSocket is prepared."""
+    """Frames to one peer, in order; call :meth:`start` once the WebSocket is prepared.
+
+    A frame is the UTF-8 payload of one text frame, as ``bytes``: a frame
+    meant for many peers is encoded once.
+    """
 
     __slots__ = ("ws", "transport", "label", "outbox", "presence_frame", "wakeup", "writer", "closing")
 
@@ -90,7 +93,7 @@ class Outbox:
         self.label = label
         """Names the connection in log lines."""
         self.outbox: deque[_Entry] = deque()
-        self.presence_frame: str | None = None
+        self.presence_frame: bytes | None = None
         self.wakeup: asyncio.Future[None] | None = None
         self.writer: asyncio.Task[None] | None = None
         self.closing = False
@@ -100,7 +103,7 @@ class Outbox:
         limit_send_buffers(self.transport)
         self.writer = asyncio.create_task(self._write_loop())
 
-    def push(self, frame: str) -> bool:
+    def push(self, frame: bytes) -> bool:
         """Send one frame after those before it; ``False`` when the outbox is full (the peer is too slow)."""
         if self.closing:
             return True
@@ -112,7 +115,7 @@ class Outbox:
         self._wake()
         return True
 
-    def push_presence(self, frame: str) -> bool:
+    def push_presence(self, frame: bytes) -> bool:
         """Queue presence, replacing presence that is still waiting: only the newest matters."""
         if self.closing:
             return True
@@ -166,7 +169,7 @@ class Outbox:
         wakeup = self.wakeup
         return wakeup is not None and not wakeup.done() and not self.outbox
 
-    def _write_now(self, frame: str) -> bool:
+    def _write_now(self, frame: bytes) -> bool:
         """Write ``frame`` into the socket if it keeps up; ``False`` if the frame must wait in the outbox."""
         transport = self.transport
         if transport is None or transport.get_write_buffer_size() or self.ws.closed:
@@ -193,13 +196,13 @@ class Outbox:
                 if entry is _PRESENCE:
                     frame, self.presence_frame = self.presence_frame, None
                     assert frame is not None
-                    await ws.send_str(frame)
+                    await ws.send_frame(frame, WSMsgType.TEXT)
                 elif isinstance(entry, _Close):
                     await self._close(entry.code, entry.reason)
                     return
                 else:
-                    assert isinstance(entry, str)
-                    await ws.send_str(entry)
+                    assert isinstance(entry, bytes)
+                    await ws.send_frame(entry, WSMsgType.TEXT)
         except ConnectionError:
             pass  # the peer is gone; the reader sees it too and cleans up
         except Exception:

@@ -8,9 +8,10 @@ answer with an ``error`` message and keep the connection.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Union
+
+import orjson
 
 from .document import Invalid, Part, check_name
 
@@ -78,15 +79,18 @@ def _parse_bpm(value: object) -> float | None | Invalid:
     return float(value)  # type: ignore[arg-type]
 
 
-def parse_client_message(text: str) -> ClientMessage | Invalid:
+def parse_client_message(text: str | bytes) -> ClientMessage | Invalid:
     """Turn one text frame from a client into a message, or say why it is refused.
 
     Checks the envelope and field types only; whether a part fits the room
-    (step count, ownership, seq order) is the room's decision.
+    (step count, ownership, seq order) is the room's decision. The parser is
+    strict RFC 8259 (orjson): ``NaN``, ``Infinity`` and lone surrogates
+    are not JSON, nesting ends at 1024 levels, and an integer too large for
+    64 bits reads as a float (so it is never a valid ``seq``).
     """
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
         return Invalid("bad_json", "frame is not valid JSON")
     if not isinstance(data, dict):
         return Invalid("bad_json", f"frame must be a JSON object, got {type(data).__name__}")
@@ -136,9 +140,9 @@ def _parse_update(data: Mapping[str, Any]) -> Update | Invalid:
     return Update(seq=seq, part=data["part"], claimed_user=claimed)  # type: ignore[arg-type]
 
 
-def encode(message: Mapping[str, Any]) -> str:
-    """One compact JSON text frame."""
-    return json.dumps(message, separators=(",", ":"))
+def encode(message: Mapping[str, Any]) -> bytes:
+    """One message as the UTF-8 payload of a text frame: compact JSON."""
+    return orjson.dumps(message)
 
 
 def snapshot(*, you: str, room: str, steps: int, parts: Mapping[str, Part], revision: int, seq: int) -> dict[str, Any]:
@@ -153,18 +157,14 @@ def snapshot(*, you: str, room: str, steps: int, parts: Mapping[str, Part], revi
     }
 
 
-def update_frame(*, user: str, seq: int, revision: int, part_json: str) -> str:
-    """One accepted part, sent to every other client of the room.
-
-    Built around ``part_json`` (the part already encoded, once per update)
-    because this is the frame every fan-out repeats.
-    """
-    return f'{{"type":"update","user":{json.dumps(user)},"seq":{seq},"revision":{revision},"part":{part_json}}}'
+def update_frame(*, user: str, seq: int, revision: int, part: Part) -> bytes:
+    """One accepted part, sent to every other client of the room (encoded once for all of them)."""
+    return orjson.dumps({"type": "update", "user": user, "seq": seq, "revision": revision, "part": part})
 
 
-def ack_frame(*, seq: int, revision: int) -> str:
+def ack_frame(*, seq: int, revision: int) -> bytes:
     """Confirmation to the sender: update ``seq`` is durable as room ``revision``."""
-    return f'{{"type":"ack","seq":{seq},"revision":{revision}}}'
+    return b'{"type":"ack","seq":%d,"revision":%d}' % (seq, revision)
 
 
 def presence(users: list[dict[str, Any]]) -> dict[str, Any]:

@@ -8,29 +8,28 @@ from the ``user`` the connection joined as, never from the message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
-from .document import DEFAULT_STEPS, MAX_PARTS, Invalid, Part, Parts, check_part, copy_part, encode_part
+from .document import DEFAULT_STEPS, MAX_PARTS, Invalid, Part, Parts, check_part, copy_part
 from .protocol import Update
 
 MAX_MEMBERS = 512
 
 
-@dataclass(frozen=True)
-class Accepted:
-    """An update the room applied: what the store must make durable before anyone hears of it."""
+class Accepted(NamedTuple):
+    """An update the room applied: what the store must make durable before anyone hears of it.
+
+    A named tuple rather than a frozen dataclass: one is made for every
+    update, and a tuple is built in a fraction of the time. ``part`` is
+    never changed in place (a later update replaces the whole part), so the
+    record, both copies of the room and the store may share it.
+    """
 
     room: str
     user: str
     seq: int
     revision: int
     part: Part
-
-    @cached_property
-    def part_json(self) -> str:
-        """The part as compact JSON, encoded once for the wire and the disk."""
-        return encode_part(self.part)
 
 
 @dataclass
@@ -98,8 +97,8 @@ class Room:
         return Accepted(self.name, user, update.seq, self.revision, part)
 
     def restore(self, accepted: Accepted) -> None:
-        """Load one stored part at start-up."""
-        self.parts[accepted.user] = copy_part(accepted.part)
+        """Apply a part that is already accepted: at start-up from the store, and to the server's committed copy."""
+        self.parts[accepted.user] = accepted.part
         self.seqs[accepted.user] = accepted.seq
         self.revision = max(self.revision, accepted.revision)
 

@@ -26,7 +26,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import queue
@@ -36,6 +35,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Final, Protocol
+
+import orjson
 
 from .rooms import Accepted
 
@@ -272,7 +273,7 @@ class SqliteStore:
             arguments = (room,)
         rooms: dict[str, list[Accepted]] = defaultdict(list)
         for name, user, seq, revision, part in self._connection.execute(query + " ORDER BY room, revision", arguments):
-            rooms[name].append(Accepted(name, user, seq, revision, json.loads(part)))
+            rooms[name].append(Accepted(name, user, seq, revision, orjson.loads(part)))
         return dict(rooms)
 
     def save_soon(self, accepted: Accepted, done: Done) -> None:
@@ -389,9 +390,9 @@ class SqliteStore:
         connection = self._connection
         if connection is None:
             raise StoreError("the store is closed")
-        rows = ",".join(f"[{json.dumps(a.room)},{json.dumps(a.user)},{a.seq},{a.revision},{a.part_json}]" for a in batch)
+        rows = orjson.dumps([(a.room, a.user, a.seq, a.revision, a.part) for a in batch])
         # Autocommit: the statement is its own transaction, all rows or none.
-        connection.execute(_UPSERT_BATCH, (f"[{rows}]",))
+        connection.execute(_UPSERT_BATCH, (rows.decode(),))
 
     async def close(self) -> None:
         """Commit what is pending, close the database and release the lock."""
