@@ -107,7 +107,14 @@ class Outbox:
         """Send one frame after those before it; ``False`` when the outbox is full (the peer is too slow)."""
         if self.closing:
             return True
-        if self._writer_idle() and self._write_now(frame):
+        # Every delivery passes here, so the fast path is written out in one
+        # function: when nothing is queued, the writer waits for work and the
+        # socket's buffers are empty, the frame skips the queue.
+        wakeup, transport = self.wakeup, self.transport
+        if (wakeup is not None and not self.outbox and not wakeup.done() and transport is not None
+                and not transport.get_write_buffer_size() and not self.ws.closed):
+            if not transport.is_closing():  # the peer is gone; the reader sees it and cleans up
+                transport.write(text_frame(frame))
             return True
         if len(self.outbox) >= OUTBOX_LIMIT:
             return False
@@ -163,20 +170,6 @@ class Outbox:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
-
-    def _writer_idle(self) -> bool:
-        """Nothing queued and the writer waiting for work: a frame may skip the queue."""
-        wakeup = self.wakeup
-        return wakeup is not None and not wakeup.done() and not self.outbox
-
-    def _write_now(self, frame: bytes) -> bool:
-        """Write ``frame`` into the socket if it keeps up; ``False`` if the frame must wait in the outbox."""
-        transport = self.transport
-        if transport is None or transport.get_write_buffer_size() or self.ws.closed:
-            return False
-        if not transport.is_closing():  # the peer is gone; the reader sees it and cleans up
-            transport.write(text_frame(frame))
-        return True
 
     def _wake(self) -> None:
         if self.wakeup is not None and not self.wakeup.done():

@@ -9,7 +9,7 @@ answer with an ``error`` message and keep the connection.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, NamedTuple, Union
 
 import orjson
 
@@ -38,9 +38,12 @@ class Hello:
     bpm: float | None
 
 
-@dataclass(frozen=True)
-class Update:
-    """The sender's whole part, numbered by the sender's own sequence number."""
+class Update(NamedTuple):
+    """The sender's whole part, numbered by the sender's own sequence number.
+
+    A named tuple, not a frozen dataclass like the other messages: it is the
+    message of every edit, and a tuple is built in a fraction of the time.
+    """
 
     seq: int
     part: Part
@@ -95,10 +98,10 @@ def parse_client_message(text: str | bytes) -> ClientMessage | Invalid:
     if not isinstance(data, dict):
         return Invalid("bad_json", f"frame must be a JSON object, got {type(data).__name__}")
     kind = data.get("type")
-    if kind == "hello":
-        return _parse_hello(data)
     if kind == "update":
         return _parse_update(data)
+    if kind == "hello":
+        return _parse_hello(data)
     if kind == "transport":
         if not isinstance(data.get("playing"), bool):
             return Invalid("bad_message", "transport needs playing: true or false")
@@ -130,14 +133,14 @@ def _parse_hello(data: Mapping[str, Any]) -> Hello | Invalid:
 
 def _parse_update(data: Mapping[str, Any]) -> Update | Invalid:
     seq = data.get("seq")
-    if not _is_int(seq) or not 1 <= seq <= MAX_SEQ:  # type: ignore[operator]
+    if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
         return Invalid("bad_message", f"update seq must be an integer from 1 to 2^53-1, got {str(seq)[:20]}")
     claimed = data.get("user")
     if claimed is not None and not isinstance(claimed, str):
         return Invalid("bad_message", "update user must be a string when present")
     if "part" not in data:
         return Invalid("bad_message", "update needs a part")
-    return Update(seq=seq, part=data["part"], claimed_user=claimed)  # type: ignore[arg-type]
+    return Update(seq, data["part"], claimed)
 
 
 def encode(message: Mapping[str, Any]) -> bytes:

@@ -258,7 +258,9 @@ class Server:
             await self._handle(connection, parsed)
 
     async def _handle(self, connection: _Connection, message: protocol.ClientMessage | Invalid) -> None:
-        if isinstance(message, Invalid):
+        if type(message) is Update and connection.room is not None:  # the message of every edit: checked first
+            self._update(connection, connection.room, message)
+        elif isinstance(message, Invalid):
             self._refuse(connection, message)
         elif isinstance(message, Hello):
             await self._hello(connection, message)
