@@ -1,10 +1,9 @@
 """Server fan-out: loopsync against a bare relay on the same stack, same run, same load.
 
-Each scenario starts the server in its own process (``loopsync serve``, SQLite
-in a temporary directory, every update committed before it is acknowledged;
-``--store memory`` to see what the store costs),
-then the bare relay (``bench/bare_relay.py``), and drives each with the same
-load from separate worker processes on 127.0.0.1. A client's update carries
+Each scenario starts the bare relay (``bench/bare_relay.py``), then
+``loopsync serve`` (SQLite in a temporary directory, every update committed
+before it is acknowledged), each in its own process, and drives each with the
+same load from separate worker processes on 127.0.0.1. A client's update carries
 its send time (``time.monotonic_ns() // 1000``, one clock for every process
 of the machine) as its ``seq``, which both servers pass on, so every receiver
 measures the delivery latency of every update.
@@ -19,13 +18,20 @@ Scenarios (default: about six minutes in all; ``--long`` runs each 4x longer):
   run), then bisected three times, to find the most deliveries per second
   with p99 under 20 ms.
 
+The ramp also runs ``loopsync serve --store memory`` (``loopsync-memory``):
+the same rules without the disk, to tell what loopsync's code costs from what
+waiting for the disk costs. Before the scenarios, a disk probe measures the
+disk the stores write to: a 4 KiB write and ``fdatasync`` every 3 ms, as a
+busy store commits, for a few seconds. A store that acknowledges only what is
+on disk inherits every stall of that disk, whatever its code.
+
 Reports deliveries per second, latency p50/p99/max, server CPU seconds and
-memory per connection, and loopsync's throughput as a ratio of the relay's.
-``--floor`` adds a third server to the ramp: the floor
-(``bare_relay.py --durable``), which parses, commits, acknowledges and passes
-on every frame and does nothing else, to tell what DESIGN.md's rules cost on
-this stack from what loopsync's code costs (about two minutes more).
-``--smoke`` runs a few seconds of a small load on all three (the test suite does).
+memory per connection, and each server's throughput as a ratio of the relay's.
+``--floor`` adds the floor to the ramp (``bare_relay.py --durable``), which
+parses, commits, acknowledges and passes on every frame and does nothing
+else, to tell what DESIGN.md's rules cost on this stack from what loopsync's
+code costs (about two minutes more). ``--smoke`` runs a few seconds of a
+small load on every server (the test suite does).
 """
 
 from __future__ import annotations
@@ -245,13 +251,10 @@ class Server:
         self.process.wait(timeout=10)
 
 
-LOOPSYNC_STORE = "sqlite"
-"""What ``loopsync serve`` runs on here (``--store``): SQLite unless asked otherwise."""
-
-
 def _start(kind: str, data_dir: str) -> Server:
-    if kind == "loopsync":
-        command = [sys.executable, "-m", "loopsync", "serve", "--port", "0", "--store", LOOPSYNC_STORE, "--data", data_dir]
+    if kind in ("loopsync", "loopsync-memory"):
+        store = "memory" if kind == "loopsync-memory" else "sqlite"
+        command = [sys.executable, "-m", "loopsync", "serve", "--port", "0", "--store", store, "--data", data_dir]
     elif kind == "floor":  # the bare relay plus parse, commit and ack: see bare_relay.py
         command = [sys.executable, str(ROOT / "bench" / "bare_relay.py"), "--port", "0", "--durable", data_dir]
     else:
@@ -282,7 +285,7 @@ def run_load(kind: str, rooms: int, per_room: int, period: float, duration: floa
             members = [(f"room{r}", f"user{u}") for r in range(rooms) for u in range(per_room)]
             workers = []
             for index in range(WORKERS):
-                config = {"url": server.ws_url, "snapshots": kind == "loopsync", "members": members[index::WORKERS], "period": period, "duration": duration}
+                config = {"url": server.ws_url, "snapshots": kind.startswith("loopsync"), "members": members[index::WORKERS], "period": period, "duration": duration}
                 workers.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(config)],
                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
             for worker in workers:
@@ -320,7 +323,7 @@ def run_load(kind: str, rooms: int, per_room: int, period: float, duration: floa
 
 
 def _row(figures: dict[str, Any]) -> str:
-    return (f"  {figures['server']:<9} {figures['connections']:>5} conns  {figures['deliveries_per_s']:>9,.0f} deliveries/s"
+    return (f"  {figures['server']:<15} {figures['connections']:>5} conns  {figures['deliveries_per_s']:>9,.0f} deliveries/s"
             f"  ({figures['deliveries']}/{figures['deliveries_expected']})  p50 {figures['p50_ms']:6.2f} ms"
             f"  p99 {figures['p99_ms']:6.2f} ms  max {figures['max_ms']:7.2f} ms  cpu {figures['server_cpu_share']:4.0%}"
             f"  {figures['kib_per_connection']:5.1f} KiB/conn  errors {figures['errors']}")
@@ -400,11 +403,51 @@ def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = 20.0) -> li
     for kind, best in best_by_server.items():
         print(f"  {kind}: most under the budget: {best['deliveries_per_s']:,.0f} deliveries/s"
               f" ({best['connections']} connections) at p99 {best['p99_ms']:.2f} ms")
-    for kind, baseline in (("loopsync", "relay"), ("floor", "relay"), ("loopsync", "floor")):
+    for kind, baseline in (("loopsync", "relay"), ("loopsync-memory", "relay"), ("floor", "relay"), ("loopsync", "floor")):
         if kind in best_by_server and baseline in best_by_server:
             print(f"  {kind} / {baseline}, most deliveries/s with p99 under {budget_ms:g} ms:"
                   f" {best_by_server[kind]['deliveries_per_s'] / best_by_server[baseline]['deliveries_per_s']:.2f}")
     return rows
+
+
+DISK_PROBE_INTERVAL_SECONDS = 0.003
+"""As often as a busy store commits (``store.COMMIT_INTERVAL_SECONDS``)."""
+STALL_MS = 10.0
+
+
+def disk_probe(seconds: float) -> dict[str, Any]:
+    """The disk under the stores, measured as they use it: a 4 KiB write and ``fdatasync`` every 3 ms.
+
+    A server that acknowledges only what is on disk waits for each of these,
+    so their stalls are a floor under its delivery latency that no code
+    removes. Reports the syncs' p50/p99/max and the share of the time spent
+    in syncs longer than ``STALL_MS``.
+    """
+    latencies = []
+    with tempfile.TemporaryDirectory() as directory:  # where run_load's servers keep their data
+        descriptor = os.open(os.path.join(directory, "probe"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            block, offset = b"\x01" * 4096, 0
+            started = time.monotonic()
+            while time.monotonic() - started < seconds:
+                before = time.perf_counter()
+                os.pwrite(descriptor, block, offset)
+                os.fdatasync(descriptor)
+                latencies.append(time.perf_counter() - before)
+                offset = (offset + len(block)) % (1024 * len(block))  # a 4 MiB file, rewritten in turn like a WAL
+                time.sleep(DISK_PROBE_INTERVAL_SECONDS)
+            wall = time.monotonic() - started
+        finally:
+            os.close(descriptor)
+    ordered = sorted(int(latency * 1_000_000) for latency in latencies)
+    stalls = [latency for latency in latencies if latency * 1000 > STALL_MS]
+    return {"syncs": len(ordered), "seconds": wall, "p50_ms": _percentile(ordered, 0.50), "p99_ms": _percentile(ordered, 0.99),
+            "max_ms": ordered[-1] / 1000, "stalls": len(stalls), "stalled_share": sum(stalls) / wall}
+
+
+def _disk_row(disk: dict[str, Any]) -> str:
+    return (f"disk: {disk['syncs']} syncs of 4 KiB in {disk['seconds']:.0f} s, p50 {disk['p50_ms']:.2f} ms  p99 {disk['p99_ms']:.2f} ms"
+            f"  max {disk['max_ms']:.1f} ms; {disk['stalls']} over {STALL_MS:g} ms, {disk['stalled_share']:.2%} of the time stalled")
 
 
 def main() -> int:
@@ -412,8 +455,6 @@ def main() -> int:
     parser.add_argument("--long", action="store_true", help="run each scenario 4x longer")
     parser.add_argument("--smoke", action="store_true", help="a few seconds of small load (for the test suite)")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
-    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite",
-                        help="loopsync's store (default sqlite: every update committed before it is passed on)")
     parser.add_argument("--floor", action="store_true",
                         help="also ramp the floor (bare_relay.py --durable: parse, commit, ack, pass on; no rules)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -422,18 +463,18 @@ def main() -> int:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(_Worker(json.loads(args.worker)).run())
         return 0
-    global LOOPSYNC_STORE
-    LOOPSYNC_STORE = args.store
+    scale = 4 if args.long else 1
+    disk = disk_probe(0.5 if args.smoke else 10 * scale)
+    print(_disk_row(disk), flush=True)
     if args.smoke:
-        rows = scenario("smoke", 5, 4, 0.25, 1.5, ("relay", "floor", "loopsync"))
+        rows = scenario("smoke", 5, 4, 0.25, 1.5, ("relay", "floor", "loopsync", "loopsync-memory"))
     else:
-        scale = 4 if args.long else 1
         rows = scenario("rooms", 500, 4, 0.5, 10 * scale, ("relay", "loopsync"))
         rows += scenario("crowd", 1, 200, 2.0, 8 * scale, ("relay", "loopsync"))
-        rows += ramp(4 * scale, ("relay", "floor", "loopsync") if args.floor else ("relay", "loopsync"))
+        rows += ramp(4 * scale, ("relay", "floor", "loopsync", "loopsync-memory") if args.floor else ("relay", "loopsync", "loopsync-memory"))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
-    lost = [row for row in rows if row["server"] == "loopsync"
+        args.json.write_text(json.dumps({"disk": disk, "runs": rows}, indent=1))
+    lost = [row for row in rows if row["server"].startswith("loopsync")
             and (row["deliveries"] < row["deliveries_expected"] or row["errors"])]
     if lost:
         print(f"loopsync lost deliveries or answered errors in {len(lost)} runs.")

@@ -60,14 +60,19 @@ def test_soak_smoke(tmp_path: Path) -> None:
     assert "verdict: OK" in result.stdout
 
 
-def test_fanout_smoke() -> None:
-    """bench/fanout.py --smoke exits 0; the relay, the floor and loopsync each deliver every update; ratios are named."""
-    result = run_bench("fanout.py", "--smoke")
+def test_fanout_smoke(tmp_path: Path) -> None:
+    """bench/fanout.py --smoke exits 0; the disk is probed; every server delivers every update; ratios are named."""
+    result = run_bench("fanout.py", "--smoke", "--json", str(tmp_path / "fanout.json"))
     assert result.returncode == 0, result.stdout + result.stderr
-    for kind in ("relay", "floor", "loopsync"):
+    assert re.search(r"^disk: \d+ syncs of 4 KiB .* p99 \d+\.\d+ ms .* of the time stalled$", result.stdout, re.MULTILINE), result.stdout
+    servers = ("relay", "floor", "loopsync", "loopsync-memory")
+    for kind in servers:
         assert re.search(rf"^  {kind} +\d+ conns .*\((\d+)/\1\) .*errors 0$", result.stdout, re.MULTILINE), result.stdout
-    for kind in ("floor", "loopsync"):
+    for kind in servers[1:]:
         assert re.search(rf"{kind} / relay throughput: \d+\.\d+", result.stdout), result.stdout
+    figures = json.loads((tmp_path / "fanout.json").read_text())
+    assert figures["disk"]["syncs"] > 0
+    assert [run["server"] for run in figures["runs"]] == list(servers)
 
 
 # -- the latency checker fails when it should ----------------------------------------------
