@@ -46,6 +46,11 @@ INVALID = [
     ("null", "bad_json"),
     ("", "bad_json"),
     ("[" * 100000, "bad_json"),
+    ("[" * 1025 + "]" * 1025, "bad_json"),  # nesting ends at 1024 levels
+    ('{"type": "update", "seq": NaN, "part": {}}', "bad_json"),  # strict JSON: no NaN or Infinity
+    ('{"type": "update", "seq": Infinity, "part": {}}', "bad_json"),
+    ('{"type": "update", "seq": 1e999, "part": {}}', "bad_json"),
+    ('{"type": "hello", "v": 1, "room": "demo", "user": "\\ud800"}', "bad_json"),  # an unpaired surrogate
     (frame(type="dance"), "unknown_type"),
     (frame(kind="hello"), "unknown_type"),
     (frame(type=None), "unknown_type"),
@@ -65,6 +70,7 @@ INVALID = [
     (frame(type="update", seq=0, part=KICK), "bad_message"),
     (frame(type="update", seq=-1, part=KICK), "bad_message"),
     (frame(type="update", seq=2**53, part=KICK), "bad_message"),
+    (frame(type="update", seq=2**64, part=KICK), "bad_message"),  # beyond 64 bits: read as a float
     (frame(type="update", seq=1.0, part=KICK), "bad_message"),
     (frame(type="update", seq=True, part=KICK), "bad_message"),
     (frame(type="update", seq="1", part=KICK), "bad_message"),
