@@ -248,10 +248,11 @@ class Server:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=10)
+        self.process.wait(timeout=60)  # valgrind (bench/instructions.py) takes a while to write its counts
 
 
-def _start(kind: str, data_dir: str) -> Server:
+def _start(kind: str, data_dir: str, wrapper: tuple[str, ...] = ()) -> Server:
+    """Start ``kind``'s server on a free port; ``wrapper`` goes before its command (``valgrind ...``)."""
     if kind in ("loopsync", "loopsync-memory"):
         store = "memory" if kind == "loopsync-memory" else "sqlite"
         command = [sys.executable, "-m", "loopsync", "serve", "--port", "0", "--store", store, "--data", data_dir]
@@ -259,7 +260,7 @@ def _start(kind: str, data_dir: str) -> Server:
         command = [sys.executable, str(ROOT / "bench" / "bare_relay.py"), "--port", "0", "--durable", data_dir]
     else:
         command = [sys.executable, str(ROOT / "bench" / "bare_relay.py"), "--port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    process = subprocess.Popen([*wrapper, *command], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert process.stdout is not None
     ready = select.select([process.stdout], [], [], JOIN_TIMEOUT_SECONDS)[0]
     line = process.stdout.readline() if ready else ""
@@ -276,10 +277,10 @@ def _percentile(sorted_values: list[int], share: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(share * len(sorted_values)))] / 1000
 
 
-def run_load(kind: str, rooms: int, per_room: int, period: float, duration: float) -> dict[str, Any]:
+def run_load(kind: str, rooms: int, per_room: int, period: float, duration: float, wrapper: tuple[str, ...] = ()) -> dict[str, Any]:
     """Start ``kind``'s server, connect ``rooms x per_room`` clients, send for ``duration`` s; return figures."""
     with tempfile.TemporaryDirectory() as data_dir:
-        server = _start(kind, data_dir)
+        server = _start(kind, data_dir, wrapper)
         try:
             rss_before = server.rss_bytes()
             members = [(f"room{r}", f"user{u}") for r in range(rooms) for u in range(per_room)]

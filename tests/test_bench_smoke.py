@@ -75,6 +75,16 @@ def test_fanout_smoke(tmp_path: Path) -> None:
     assert [run["server"] for run in figures["runs"]] == list(servers)
 
 
+def test_instructions_smoke(tmp_path: Path) -> None:
+    """bench/instructions.py --smoke (needs valgrind): the relay and loopsync counted per update, loopsync as a multiple of the relay."""
+    result = run_bench("instructions.py", "--smoke", "--json", str(tmp_path / "instructions.json"), timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads((tmp_path / "instructions.json").read_text())
+    assert [row["server"] for row in rows] == ["relay", "loopsync"]
+    assert all(row["updates"] > 0 and row["instructions_per_update"] > 0 for row in rows)
+    assert re.search(r"^  loopsync +[\d,]+ instructions/update +\d+\.\d+x the relay", result.stdout, re.MULTILINE), result.stdout
+
+
 # -- the latency checker fails when it should ----------------------------------------------
 
 

@@ -1,0 +1,95 @@
+"""What an update costs the server, counted in instructions: loopsync against the bare relay, same run, same load.
+
+Each server of ``bench/fanout.py`` (the bare relay, ``loopsync serve
+--store memory`` and ``loopsync serve`` on SQLite) runs under valgrind's
+callgrind while the fan-out benchmark's load workers drive it: rooms of 4
+clients, each client sending one update a second. Callgrind counts the
+instructions the server process executes in user space, all its threads
+included (not the kernel's: each read and write is one system call in every
+server). The count does not depend on what else the machine is doing, so
+unlike the fan-out benchmark's times it repeats from run to run and from a
+quiet machine to a busy one.
+
+Each server is run twice, for a short and a long sending window; the
+difference of the two counts divided by the difference of the updates sent
+is the cost of one update (its read, its checks, its commit, its ``ack`` and
+its three deliveries), without start-up, joins and shutdown. Reports
+instructions per update and each server's as a multiple of the relay's.
+
+Needs ``valgrind`` (Debian: ``apt-get install valgrind``). Default: about
+three minutes; ``--smoke`` shorter windows, the relay and loopsync only (the
+test suite runs it).
+
+Run: ``python bench/instructions.py [--smoke] [--json FILE]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.append(str(Path(__file__).resolve().parent))
+import fanout  # noqa: E402  (bench/fanout.py: its servers, load workers and figures)
+
+ROOMS = 10
+PER_ROOM = 4
+PERIOD_SECONDS = 1.0
+"""One update a second per client: under callgrind a server runs some 50
+times slower, and this keeps each well below saturation, where the counts
+would start to include the cost of falling behind."""
+SERVERS = ("relay", "loopsync-memory", "loopsync")
+
+
+def _instructions(kind: str, seconds: float) -> tuple[int, int]:
+    """Run ``kind`` under callgrind for a ``seconds`` sending window: (instructions, updates sent)."""
+    with tempfile.TemporaryDirectory() as directory:
+        counts = Path(directory) / "callgrind.out"
+        wrapper = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={counts}", "--dump-instr=no", "--quiet")
+        figures = fanout.run_load(kind, ROOMS, PER_ROOM, PERIOD_SECONDS, seconds, wrapper)
+        if figures["deliveries"] < figures["deliveries_expected"] or figures["errors"]:
+            raise RuntimeError(f"{kind} lost deliveries under callgrind: {fanout._row(figures)}")
+        for line in counts.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1]), int(figures["updates_sent"])
+    raise RuntimeError(f"callgrind wrote no total for {kind}")
+
+
+def per_update(kind: str, short_seconds: float, long_seconds: float) -> dict[str, Any]:
+    """Instructions of one update in ``kind``'s server: the long run's count minus the short one's, per update more."""
+    short_count, short_updates = _instructions(kind, short_seconds)
+    long_count, long_updates = _instructions(kind, long_seconds)
+    return {"server": kind, "updates": long_updates - short_updates,
+            "instructions_per_update": (long_count - short_count) / (long_updates - short_updates)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="short windows (for the test suite)")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        print("bench/instructions.py needs valgrind (Debian: apt-get install valgrind).", file=sys.stderr)
+        return 2
+    short_seconds, long_seconds = (1.0, 3.0) if args.smoke else (5.0, 25.0)
+    servers = ("relay", "loopsync") if args.smoke else SERVERS
+    print(f"instructions per update under callgrind: rooms of {PER_ROOM}, {ROOMS * PER_ROOM} clients, one update per client"
+          f" every {PERIOD_SECONDS:g} s; a {short_seconds:g} s and a {long_seconds:g} s run per server", flush=True)
+    rows = []
+    for kind in servers:
+        row = per_update(kind, short_seconds, long_seconds)
+        rows.append(row)
+        relay = rows[0]["instructions_per_update"]
+        print(f"  {kind:<15} {row['instructions_per_update']:>9,.0f} instructions/update"
+              f"  {row['instructions_per_update'] / relay:5.2f}x the relay  ({row['updates']} updates counted)", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
