@@ -8,7 +8,7 @@ its send time (``time.monotonic_ns() // 1000``, one clock for every process
 of the machine) as its ``seq``, which both servers pass on, so every receiver
 measures the delivery latency of every update.
 
-Scenarios (default: about six minutes in all; ``--long`` runs each 4x longer):
+Scenarios (default: about five minutes in all; ``--long`` runs each 4x longer):
 
 - ``rooms``: 500 rooms x 4 clients, each sending its part once per loop at
   two loops a second;
@@ -30,7 +30,7 @@ memory per connection, and each server's throughput as a ratio of the relay's.
 ``--floor`` adds the floor to the ramp (``bare_relay.py --durable``), which
 parses, commits, acknowledges and passes on every frame and does nothing
 else, to tell what DESIGN.md's rules cost on this stack from what loopsync's
-code costs (about two minutes more). ``--smoke`` runs a few seconds of a
+code costs (about a minute more). ``--smoke`` runs a few seconds of a
 small load on every server (the test suite does).
 """
 
