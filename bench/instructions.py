@@ -71,12 +71,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="short windows (for the test suite)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--servers", help=f"comma-separated, the relay first (default: {','.join(SERVERS)})")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("bench/instructions.py needs valgrind (Debian: apt-get install valgrind).", file=sys.stderr)
         return 2
     short_seconds, long_seconds = (1.0, 3.0) if args.smoke else (5.0, 25.0)
-    servers = ("relay", "loopsync") if args.smoke else SERVERS
+    servers = tuple(args.servers.split(",")) if args.servers else ("relay", "loopsync") if args.smoke else SERVERS
+    if servers[0] != "relay" or not set(servers) <= set(SERVERS):
+        parser.error(f"--servers: the relay first, then any of {', '.join(SERVERS[1:])}")
     print(f"instructions per update under callgrind: rooms of {PER_ROOM}, {ROOMS * PER_ROOM} clients, one update per client"
           f" every {PERIOD_SECONDS:g} s; a {short_seconds:g} s and a {long_seconds:g} s run per server", flush=True)
     rows = []

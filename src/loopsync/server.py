@@ -255,12 +255,15 @@ class Server:
                 seq = parsed.seq if isinstance(parsed, Update) else None
                 self._send_error(connection, Invalid("rate_limited", f"more than {RATE_BURST} messages at once or {RATE_PER_SECOND:g} per second"), seq)
                 continue
-            await self._handle(connection, parsed)
+            if type(parsed) is Update and connection.room is not None:
+                # The message of every edit goes straight to the room: no
+                # coroutine to create and await, as the others need.
+                self._update(connection, connection.room, parsed)
+            else:
+                await self._handle(connection, parsed)
 
     async def _handle(self, connection: _Connection, message: protocol.ClientMessage | Invalid) -> None:
-        if type(message) is Update and connection.room is not None:  # the message of every edit: checked first
-            self._update(connection, connection.room, message)
-        elif isinstance(message, Invalid):
+        if isinstance(message, Invalid):
             self._refuse(connection, message)
         elif isinstance(message, Hello):
             await self._hello(connection, message)
