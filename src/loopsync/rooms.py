@@ -100,7 +100,8 @@ class Room:
         """Apply a part that is already accepted: at start-up from the store, and to the server's committed copy."""
         self.parts[accepted.user] = accepted.part
         self.seqs[accepted.user] = accepted.seq
-        self.revision = max(self.revision, accepted.revision)
+        if accepted.revision > self.revision:
+            self.revision = accepted.revision
 
     def presence(self) -> list[dict[str, Any]]:
         """Presence entries, one per connection, sorted by user."""

@@ -82,11 +82,14 @@ class _Connection(Outbox):
 
     def take_token(self, now_seconds: float) -> bool:
         """Token bucket (burst ``RATE_BURST``, refilled at ``RATE_PER_SECOND``): may this message pass?"""
-        self.tokens = min(float(RATE_BURST), self.tokens + (now_seconds - self.tokens_at) * RATE_PER_SECOND)
+        tokens = self.tokens + (now_seconds - self.tokens_at) * RATE_PER_SECOND
         self.tokens_at = now_seconds
-        if self.tokens < 1.0:
+        if tokens > RATE_BURST:
+            tokens = RATE_BURST
+        if tokens < 1.0:
+            self.tokens = tokens
             return False
-        self.tokens -= 1.0
+        self.tokens = tokens - 1.0
         return True
 
 
