@@ -30,7 +30,7 @@ memory per connection, and each server's throughput as a ratio of the relay's.
 ``--floor`` adds the floor to the ramp (``bare_relay.py --durable``), which
 parses, commits, acknowledges and passes on every frame and does nothing
 else, to tell what DESIGN.md's rules cost on this stack from what loopsync's
-code costs (about a minute more). ``--smoke`` runs a few seconds of a
+code costs (about three minutes more). ``--smoke`` runs a few seconds of a
 small load on every server (the test suite does).
 """
 

@@ -17,7 +17,7 @@ its three deliveries), without start-up, joins and shutdown. Reports
 instructions per update and each server's as a multiple of the relay's.
 
 Needs ``valgrind`` (Debian: ``apt-get install valgrind``). Default: about
-three minutes; ``--smoke`` shorter windows, the relay and loopsync only (the
+four minutes; ``--smoke`` shorter windows, the relay and loopsync only (the
 test suite runs it).
 
 Run: ``python bench/instructions.py [--smoke] [--json FILE]``
