@@ -1,10 +1,10 @@
 """The baselines of the fan-out benchmark: a bare WebSocket relay on loopsync's stack, and the floor.
 
-aiohttp on the same event loop (uvloop where installed) and garbage collector settings, with the same
-WebSocket settings as ``loopsync serve`` (no compression, 64 KiB frames, the
-20 s heartbeat) and loopsync's own per-connection
-:class:`~loopsync.outbox.Outbox`, and no rules at all: no validation, no
-store, no acks. ``hello`` puts a connection in a room and every later frame goes as
+aiohttp on the same event loop (uvloop where installed) and garbage
+collector settings, with the same WebSocket settings as ``loopsync serve``
+(no compression, 64 KiB frames, the 20 s heartbeat) and loopsync's own
+per-connection :class:`~loopsync.outbox.Outbox`, and no rules at all: no
+validation, no store, no acks. ``hello`` puts a connection in a room and every later frame goes as
 is to the room's other connections. What loopsync costs on top of this is
 what the benchmark measures.
 

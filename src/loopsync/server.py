@@ -258,22 +258,21 @@ class Server:
                 seq = parsed.seq if isinstance(parsed, Update) else None
                 self._send_error(connection, Invalid("rate_limited", f"more than {RATE_BURST} messages at once or {RATE_PER_SECOND:g} per second"), seq)
                 continue
-            if type(parsed) is Update and connection.room is not None:
-                # The message of every edit goes straight to the room: no
-                # coroutine to create and await, as the others need.
-                self._update(connection, connection.room, parsed)
+            # Only a hello waits for anything (its room may be loaded from the
+            # store); every other message, an edit above all, is handled
+            # without a coroutine to create and await.
+            if isinstance(parsed, Hello):
+                await self._hello(connection, parsed)
             else:
-                await self._handle(connection, parsed)
+                self._handle(connection, parsed)
 
-    async def _handle(self, connection: _Connection, message: protocol.ClientMessage | Invalid) -> None:
-        if isinstance(message, Invalid):
+    def _handle(self, connection: _Connection, message: Update | Transport | Fetch | Invalid) -> None:
+        if type(message) is Update and connection.room is not None:  # the message of every edit: checked first
+            self._update(connection, connection.room, message)
+        elif isinstance(message, Invalid):
             self._refuse(connection, message)
-        elif isinstance(message, Hello):
-            await self._hello(connection, message)
         elif connection.room is None:
             self._send_error(connection, Invalid("not_joined", "send hello first"), message.seq if isinstance(message, Update) else None)
-        elif isinstance(message, Update):
-            self._update(connection, connection.room, message)
         elif isinstance(message, Transport):
             connection.room.live.set_transport(connection.id, message.playing, message.bpm)
             self._broadcast_presence(connection.room)
