@@ -44,6 +44,8 @@ import os
 import random
 import re
 import select
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -55,13 +57,19 @@ from typing import Any, cast
 from loopsync.server import event_loop_factory
 
 ROOT = Path(__file__).resolve().parent.parent
+YJS_DIR = ROOT / "bench" / "yjs"
 STEPS = 16
 WORKERS = 2
 JOIN_TIMEOUT_SECONDS = 60
 GO_MARGIN_SECONDS = 0.2
-"""Workers hear "go" one after the other and count deliveries only from then
-on, so no client sends before this much time after "go": an update sent in
-the first milliseconds could otherwise reach a worker that does not count yet."""
+"""Workers hear "go" one after the other; the first send comes this long
+after the parent says it, so that every worker has heard it by then."""
+WARMUP_SECONDS = 3.0
+"""Every run sends this long before the measured window: what is sent in the
+warm-up is neither counted nor timed, nor is the server's CPU in it. The
+y-websocket server runs on V8, which compiles its hot code while it runs:
+in 8 s from a cold start at 12,000 deliveries/s its p99 was 97 ms, in 24 s
+3.8 ms. The Python servers need no warm-up, and get the same one."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -77,7 +85,10 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 _TYPE = re.compile(rb'"type": ?"(\w+)"')
 _SEQ = re.compile(rb'"seq": ?(\d+)')
-_HANDSHAKE = ("GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+_MARK = re.compile(rb"u=(\d{6}) t=(\d{16})")
+"""The mark in a Yjs update (``bench/yjs/updates.js``): its sender's index and send time."""
+_TIME_PLACEHOLDER = b"t=" + b"0" * 16
+_HANDSHAKE = ("GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
               "Sec-WebSocket-Key: bG9vcHN5bmMgbG9hZCAxMg==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 _ZERO_MASK = b"\x00\x00\x00\x00"  # a legal masking key that leaves the payload as it is
 
@@ -92,18 +103,28 @@ def _client_frame(opcode: int, payload: bytes) -> bytes:
 
 
 class _LoadClient(asyncio.Protocol):
-    """One member of a room: joins, sends its part every ``period`` s once told to, times every update it hears."""
+    """One member of a room: joins, sends its part every ``period`` s once told to, times every update it hears.
 
-    def __init__(self, worker: _Worker, room: str, user: str) -> None:
+    Against the y-websocket server (``worker.yjs``) it joins the document
+    named by its room in the URL path, sends the Yjs updates made for it
+    beforehand (``yjs_updates``, as sync messages with the send time written
+    into each), and counts the server's echo of its own update as its ack.
+    """
+
+    def __init__(self, worker: _Worker, room: str, user: str, index: int = 0, yjs_updates: list[bytes] | None = None) -> None:
         self.worker = worker
+        self.room = room
+        self.index = index
         self.hello = json.dumps({"type": "hello", "v": 1, "room": room, "user": user, "playing": True, "bpm": 120}).encode()
+        self.yjs_updates = iter(yjs_updates or ())
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.upgraded = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
-        self.transport.write(_HANDSHAKE.format(host=self.worker.host).encode())
+        path = f"/{self.room}" if self.worker.yjs else "/ws"  # y-websocket: the path names the document
+        self.transport.write(_HANDSHAKE.format(path=path, host=self.worker.host).encode())
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer + data
@@ -116,8 +137,9 @@ class _LoadClient(asyncio.Protocol):
                 raise RuntimeError(f"no WebSocket upgrade: {buffer[:200]!r}")
             self.upgraded = True
             buffer = buffer[end + 4:]
-            self.send(self.hello)
-            if not self.worker.snapshots:  # the bare relay answers nothing to hello
+            if not self.worker.yjs:  # y-websocket joins by the URL alone
+                self.send(self.hello)
+            if not self.worker.snapshots:  # the bare relay answers nothing to hello, y-websocket sends no snapshot
                 self.worker.joined()
         position, size = 0, len(buffer)
         while size - position >= 2:
@@ -144,16 +166,25 @@ class _LoadClient(asyncio.Protocol):
             self.transport.close()
             return
         worker.last_receive = time.monotonic()
+        if opcode == 0x2:  # y-websocket: an update is a binary sync message (0, 2, length, update)
+            mark = _MARK.search(payload) if payload[:2] == b"\x00\x02" else None
+            if mark is not None and int(mark.group(2)) >= worker.measured_from_us:
+                if int(mark.group(1)) == self.index:
+                    worker.stats["acks"] += 1  # the server sends each update to its sender too
+                else:
+                    worker.latencies_us.append(time.monotonic_ns() // 1000 - int(mark.group(2)))
+            return
         kind = _TYPE.search(payload)
         kind_name = kind.group(1) if kind else b""
-        if kind_name == b"update":
-            if worker.going:
-                seq = _SEQ.search(payload)
-                assert seq is not None
-                worker.latencies_us.append(time.monotonic_ns() // 1000 - int(seq.group(1)))
-        elif kind_name == b"ack":
-            if worker.going:
-                worker.stats["acks"] += 1
+        if kind_name in (b"update", b"ack"):
+            seq = _SEQ.search(payload)
+            assert seq is not None
+            sent_us = int(seq.group(1))  # the sender's clock reading, as every update's seq
+            if sent_us >= worker.measured_from_us:
+                if kind_name == b"ack":
+                    worker.stats["acks"] += 1
+                else:
+                    worker.latencies_us.append(time.monotonic_ns() // 1000 - sent_us)
         elif kind_name == b"snapshot":
             worker.joined()
         elif kind_name == b"error":
@@ -165,10 +196,14 @@ class _LoadClient(asyncio.Protocol):
             self.transport.write(_client_frame(opcode, payload))
 
     def send_part(self) -> None:
-        steps = [random.randint(0, 1) for _ in range(STEPS)]
         seq = time.monotonic_ns() // 1000
-        self.send(f'{{"type":"update","seq":{seq},"part":{{"sound":"kick","steps":{json.dumps(steps)}}}}}'.encode())
-        self.worker.stats["sent"] += 1
+        if self.worker.yjs:
+            self.send(next(self.yjs_updates).replace(_TIME_PLACEHOLDER, b"t=%016d" % seq, 1), 0x2)
+        else:
+            steps = [random.randint(0, 1) for _ in range(STEPS)]
+            self.send(f'{{"type":"update","seq":{seq},"part":{{"sound":"kick","steps":{json.dumps(steps)}}}}}'.encode())
+        if seq >= self.worker.measured_from_us:
+            self.worker.stats["sent"] += 1
 
 
 class _Worker:
@@ -177,13 +212,16 @@ class _Worker:
     def __init__(self, config: dict[str, Any]) -> None:
         self.host = config["url"].split("/")[2]
         self.snapshots: bool = config["snapshots"]
-        self.members: list[tuple[str, str]] = config["members"]
+        self.yjs: bool = config.get("yjs", False)
+        self.members: list[tuple[str, str, int]] = config["members"]
         self.period: float = config["period"]
         self.duration: float = config["duration"]
+        self.warmup: float = config.get("warmup", 0.0)
         self.stats: dict[str, Any] = {"sent": 0, "acks": 0, "errors": 0}
         self.latencies_us: list[int] = []
         self.last_receive = 0.0
-        self.going = False
+        self.measured_from_us = 1 << 62
+        """Only updates sent from this ``time.monotonic_ns() // 1000`` on count (set by "go", after the warm-up)."""
         self.ready = asyncio.Event()
         self.joins = 0
 
@@ -201,21 +239,23 @@ class _Worker:
         gc.disable()
         loop = asyncio.get_running_loop()
         host, port = self.host.rsplit(":", 1)
+        sends = int((self.warmup + self.duration) / self.period)
+        updates = _yjs_updates(self.members, sends) if self.yjs else {}
         clients = []
-        for room, user in self.members:
-            _, client = await loop.create_connection(lambda: _LoadClient(self, room, user), host, int(port))
+        for room, user, index in self.members:
+            _, client = await loop.create_connection(lambda: _LoadClient(self, room, user, index, updates.get(index)), host, int(port))
             clients.append(client)
         await asyncio.wait_for(self.ready.wait(), JOIN_TIMEOUT_SECONDS)
         print("ready", flush=True)
-        await loop.run_in_executor(None, sys.stdin.readline)
-        self.going = True
-        sends = int(self.duration / self.period)
-        now = loop.time()
+        go = await loop.run_in_executor(None, sys.stdin.readline)  # "go <monotonic µs when the sends begin>"
+        sends_from = int(go.split()[1]) / 1_000_000  # the same instant for every worker: CLOCK_MONOTONIC is the machine's
+        self.measured_from_us = int((sends_from + self.warmup) * 1_000_000)
+        first = loop.time() + sends_from - time.monotonic()
         for client in clients:
-            start = now + GO_MARGIN_SECONDS + random.uniform(0, self.period)
+            start = first + random.uniform(0, self.period)
             for index in range(sends):
                 loop.call_at(start + index * self.period, client.send_part)
-        await asyncio.sleep(GO_MARGIN_SECONDS + self.duration + self.period)
+        await asyncio.sleep(sends_from + self.warmup + self.duration + self.period - time.monotonic())
         # Let the last deliveries arrive: until a quiet second, at most 10 s.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and time.monotonic() - self.last_receive < 1:
@@ -224,6 +264,33 @@ class _Worker:
             assert client.transport is not None
             client.transport.abort()
         print(json.dumps({**self.stats, "latencies_us": self.latencies_us}), flush=True)
+
+
+def _yjs_updates(members: list[tuple[str, str, int]], count: int) -> dict[int, list[bytes]]:
+    """``count`` Yjs updates per member, made by ``bench/yjs/updates.js``, each wrapped as a y-websocket sync message."""
+    request = {"users": [[index, user] for _, user, index in members], "count": count}
+    made = subprocess.run(["node", str(YJS_DIR / "updates.js")], input=json.dumps(request).encode(),
+                          capture_output=True, check=True, timeout=JOIN_TIMEOUT_SECONDS).stdout
+    updates: dict[int, list[bytes]] = {}
+    position = 0
+    for _, _, index in members:
+        messages = updates[index] = []
+        for _ in range(count):
+            length = int.from_bytes(made[position:position + 4], "big")
+            update = made[position + 4:position + 4 + length]
+            position += 4 + length
+            messages.append(b"\x00\x02" + _var_uint(length) + update)  # messageSync, messageYjsUpdate, the update
+    return updates
+
+
+def _var_uint(value: int) -> bytes:
+    """lib0's unsigned varint: 7 bits a byte, low bits first."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 # -- parent: servers, workers, figures ------------------------------------------------
@@ -253,6 +320,8 @@ class Server:
 
 def _start(kind: str, data_dir: str, wrapper: tuple[str, ...] = ()) -> Server:
     """Start ``kind``'s server on a free port; ``wrapper`` goes before its command (``valgrind ...``)."""
+    if kind == "yjs":
+        return _start_yjs()
     if kind in ("loopsync", "loopsync-memory"):
         store = "memory" if kind == "loopsync-memory" else "sqlite"
         command = [sys.executable, "-m", "loopsync", "serve", "--port", "0", "--store", store, "--data", data_dir]
@@ -271,22 +340,52 @@ def _start(kind: str, data_dir: str, wrapper: tuple[str, ...] = ()) -> Server:
     return Server(process, f"ws://{http_url}/ws")
 
 
+def install_yjs() -> None:
+    """Install the y-websocket server and Yjs into ``bench/yjs/node_modules`` from its lock file, once."""
+    if (YJS_DIR / "node_modules" / "y-websocket" / "bin" / "server.js").exists():
+        return
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        raise SystemExit("bench/fanout.py needs Node.js and npm for the y-websocket reference (Debian: apt-get install nodejs npm)")
+    print("installing the y-websocket server into bench/yjs/node_modules (npm ci)", flush=True)
+    subprocess.run(["npm", "ci", "--omit=optional", "--no-audit", "--no-fund"], cwd=YJS_DIR, check=True,
+                   stdout=subprocess.DEVNULL, timeout=300)
+
+
+def _start_yjs() -> Server:
+    """The stock y-websocket server (``y-websocket`` 1.5.4's ``bin/server.js``), documents in memory as it ships."""
+    install_yjs()
+    with socket.socket() as probe:  # y-websocket takes its port from PORT and cannot pick a free one itself
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(["node", str(YJS_DIR / "node_modules" / "y-websocket" / "bin" / "server.js")],
+                               stdout=subprocess.PIPE, text=True, cwd=YJS_DIR, env={**os.environ, "HOST": "127.0.0.1", "PORT": str(port)})
+    assert process.stdout is not None
+    ready = select.select([process.stdout], [], [], JOIN_TIMEOUT_SECONDS)[0]
+    line = process.stdout.readline() if ready else ""
+    if "running at" not in line:
+        process.kill()
+        raise RuntimeError(f"the y-websocket server did not start: {line!r}")
+    return Server(process, f"ws://127.0.0.1:{port}")
+
+
 def _percentile(sorted_values: list[int], share: float) -> float:
     if not sorted_values:
         return float("nan")
     return sorted_values[min(len(sorted_values) - 1, int(share * len(sorted_values)))] / 1000
 
 
-def run_load(kind: str, rooms: int, per_room: int, period: float, duration: float, wrapper: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Start ``kind``'s server, connect ``rooms x per_room`` clients, send for ``duration`` s; return figures."""
+def run_load(kind: str, rooms: int, per_room: int, period: float, duration: float, wrapper: tuple[str, ...] = (),
+             warmup: float = WARMUP_SECONDS) -> dict[str, Any]:
+    """Start ``kind``'s server, connect ``rooms x per_room`` clients, send for ``warmup + duration`` s; return figures of the last ``duration`` s."""
     with tempfile.TemporaryDirectory() as data_dir:
         server = _start(kind, data_dir, wrapper)
         try:
             rss_before = server.rss_bytes()
-            members = [(f"room{r}", f"user{u}") for r in range(rooms) for u in range(per_room)]
+            members = [(f"room{r}", f"user{u}", r * per_room + u) for r in range(rooms) for u in range(per_room)]
             workers = []
             for index in range(WORKERS):
-                config = {"url": server.ws_url, "snapshots": kind.startswith("loopsync"), "members": members[index::WORKERS], "period": period, "duration": duration}
+                config = {"url": server.ws_url, "snapshots": kind.startswith("loopsync"), "yjs": kind == "yjs",
+                          "members": members[index::WORKERS], "period": period, "duration": duration, "warmup": warmup}
                 workers.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(config)],
                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
             for worker in workers:
@@ -297,11 +396,13 @@ def run_load(kind: str, rooms: int, per_room: int, period: float, duration: floa
                     raise RuntimeError(f"a load worker did not connect its clients within {JOIN_TIMEOUT_SECONDS} s")
             connections = len(members)
             rss_connected = server.rss_bytes()
-            cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
+            sends_from = time.monotonic() + GO_MARGIN_SECONDS
             for worker in workers:
                 assert worker.stdin is not None
-                worker.stdin.write("go\n")
+                worker.stdin.write(f"go {int(sends_from * 1_000_000)}\n")
                 worker.stdin.flush()
+            time.sleep(sends_from + warmup - time.monotonic())
+            cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
             results = [json.loads(worker.communicate(timeout=duration + 60)[0].splitlines()[-1]) for worker in workers]
             wall = time.monotonic() - wall_before
             cpu = server.cpu_seconds() - cpu_before
@@ -334,10 +435,11 @@ def _cpu_per_delivery(figures: dict[str, Any]) -> float:
     return float(figures["server_cpu_s"]) / max(int(figures["deliveries"]), 1)
 
 
-def scenario(name: str, rooms: int, per_room: int, period: float, duration: float, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+def scenario(name: str, rooms: int, per_room: int, period: float, duration: float, kinds: tuple[str, ...],
+             warmup: float = WARMUP_SECONDS) -> list[dict[str, Any]]:
     """Run one load against each server of ``kinds`` (the relay first) and print the comparison."""
-    print(f"{name}: {rooms} rooms x {per_room} clients, one update per client every {period:g} s, {duration:g} s")
-    runs = {kind: run_load(kind, rooms, per_room, period, duration) for kind in kinds}
+    print(f"{name}: {rooms} rooms x {per_room} clients, one update per client every {period:g} s, {duration:g} s after {warmup:g} s of warm-up")
+    runs = {kind: run_load(kind, rooms, per_room, period, duration, warmup=warmup) for kind in kinds}
     for figures in runs.values():
         print(_row(figures))
         figures["scenario"] = name
@@ -377,7 +479,7 @@ def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = 20.0) -> li
     """
     period = 0.1
     print(f"ramp: rooms of 4 clients, one update per client every {period:g} s, rooms doubled from {RAMP_FIRST_ROOMS}"
-          f" then bisected {RAMP_BISECTIONS} times, {duration:g} s per step, p99 budget {budget_ms:g} ms")
+          f" then bisected {RAMP_BISECTIONS} times, {duration:g} s per step after {WARMUP_SECONDS:g} s of warm-up, p99 budget {budget_ms:g} ms")
     rows = []
     best_by_server: dict[str, dict[str, Any]] = {}
 
@@ -410,7 +512,8 @@ def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = 20.0) -> li
     for kind, best in best_by_server.items():
         print(f"  {kind}: most under the budget: {best['deliveries_per_s']:,.0f} deliveries/s"
               f" ({best['connections']} connections) at p99 {best['p99_ms']:.2f} ms")
-    for kind, baseline in (("loopsync", "relay"), ("loopsync-memory", "relay"), ("floor", "relay"), ("loopsync", "floor")):
+    for kind, baseline in (("loopsync", "relay"), ("loopsync-memory", "relay"), ("yjs", "relay"), ("floor", "relay"),
+                           ("loopsync", "floor"), ("loopsync", "yjs"), ("loopsync-memory", "yjs")):
         if kind in best_by_server and baseline in best_by_server:
             print(f"  {kind} / {baseline}, most deliveries/s with p99 under {budget_ms:g} ms:"
                   f" {best_by_server[kind]['deliveries_per_s'] / best_by_server[baseline]['deliveries_per_s']:.2f}")
@@ -474,11 +577,11 @@ def main() -> int:
     disk = disk_probe(0.5 if args.smoke else 10 * scale)
     print(_disk_row(disk), flush=True)
     if args.smoke:
-        rows = scenario("smoke", 5, 4, 0.25, 1.5, ("relay", "floor", "loopsync", "loopsync-memory"))
+        rows = scenario("smoke", 5, 4, 0.25, 1.5, ("relay", "floor", "loopsync", "loopsync-memory", "yjs"), warmup=0.5)
     else:
-        rows = scenario("rooms", 500, 4, 0.5, 10 * scale, ("relay", "loopsync"))
-        rows += scenario("crowd", 1, 200, 2.0, 8 * scale, ("relay", "loopsync"))
-        rows += ramp(4 * scale, ("relay", "floor", "loopsync", "loopsync-memory") if args.floor else ("relay", "loopsync", "loopsync-memory"))
+        rows = scenario("rooms", 500, 4, 0.5, 10 * scale, ("relay", "loopsync", "yjs"))
+        rows += scenario("crowd", 1, 200, 2.0, 8 * scale, ("relay", "loopsync", "yjs"))
+        rows += ramp(4 * scale, ("relay", "floor", "loopsync", "loopsync-memory", "yjs") if args.floor else ("relay", "loopsync", "loopsync-memory", "yjs"))
     if args.json:
         args.json.write_text(json.dumps({"disk": disk, "runs": rows}, indent=1))
     lost = [row for row in rows if row["server"].startswith("loopsync")

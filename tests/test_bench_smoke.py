@@ -61,11 +61,11 @@ def test_soak_smoke(tmp_path: Path) -> None:
 
 
 def test_fanout_smoke(tmp_path: Path) -> None:
-    """bench/fanout.py --smoke exits 0; the disk is probed; every server delivers every update; ratios are named."""
+    """bench/fanout.py --smoke exits 0; the disk is probed; every server, the y-websocket reference too, delivers every update; ratios are named."""
     result = run_bench("fanout.py", "--smoke", "--json", str(tmp_path / "fanout.json"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"^disk: \d+ syncs of 4 KiB .* p99 \d+\.\d+ ms .* of the time stalled$", result.stdout, re.MULTILINE), result.stdout
-    servers = ("relay", "floor", "loopsync", "loopsync-memory")
+    servers = ("relay", "floor", "loopsync", "loopsync-memory", "yjs")
     for kind in servers:
         assert re.search(rf"^  {kind} +\d+ conns .*\((\d+)/\1\) .*errors 0$", result.stdout, re.MULTILINE), result.stdout
     for kind in servers[1:]:
@@ -138,7 +138,7 @@ def test_latency_checker_catches_a_loop_that_plays_stale_data() -> None:
 def test_fanout_load_client_reads_frames_split_at_any_byte() -> None:
     """The load client's frame parser waits for a whole header: a TCP read may end inside the extended length."""
     worker = fanout._Worker({"url": "ws://127.0.0.1:1/ws", "snapshots": True, "members": [], "period": 1.0, "duration": 1.0})
-    worker.going = True
+    worker.measured_from_us = 0
     client = fanout._LoadClient(worker, "room", "user")
     client.upgraded = True
     update = '{"type":"update","user":"u","seq":%d,"revision":1,"part":{"sound":"kick","steps":[%s]}}'
