@@ -8,7 +8,7 @@ its send time (``time.monotonic_ns() // 1000``, one clock for every process
 of the machine) as its ``seq``, which both servers pass on, so every receiver
 measures the delivery latency of every update.
 
-Scenarios (default: about five minutes in all; ``--long`` runs each 4x longer):
+Scenarios (default: about ten minutes in all; ``--long`` runs each 4x longer):
 
 - ``rooms``: 500 rooms x 4 clients, each sending its part once per loop at
   two loops a second;
@@ -17,6 +17,20 @@ Scenarios (default: about five minutes in all; ``--long`` runs each 4x longer):
   rooms doubled from 100 until p99 passes 20 ms (a near miss, or a miss
   with CPU to spare, gets a second run), then bisected four times, to find
   the most deliveries per second with p99 under 20 ms.
+
+Every scenario also runs the stock y-websocket server (``yjs``: Yjs on
+Node.js, what a JavaScript developer would use for shared data; documents
+in memory, no validation), installed from ``bench/yjs/package-lock.json``
+on first use. Its clients join the document named by their room and send
+real Yjs updates made beforehand by ``bench/yjs/updates.js`` (each user
+sets its own entry of one map, as it owns one part in loopsync), with the
+send time written into each; the server applies every update to the room's
+document and sends it to every client of the room, its sender too (that
+echo counts as the sender's ack).
+
+Every run sends for ``WARMUP_SECONDS`` before its measured window, and
+nothing sent then is counted or timed: V8 compiles the y-websocket server's
+hot code while it runs.
 
 The ramp also runs ``loopsync serve --store memory`` (``loopsync-memory``):
 the same rules without the disk, to tell what loopsync's code costs from what
