@@ -150,3 +150,25 @@ def test_fanout_load_client_reads_frames_split_at_any_byte() -> None:
         client.data_received(frames[:cut])
         client.data_received(frames[cut:])
         assert len(worker.latencies_us) == 3, f"split at byte {cut}"
+
+
+def test_fanout_yjs_updates_are_real_yjs_and_timed_by_their_mark() -> None:
+    """bench/yjs/updates.js makes valid sync messages with a mark; the load client times others' updates and counts its own echo as its ack."""
+    members = [("room0", "user0", 0), ("room0", "user1", 1)]
+    updates = fanout._yjs_updates(members, 2)
+    assert sorted(updates) == [0, 1] and all(len(messages) == 2 for messages in updates.values())
+    message = updates[1][0]
+    length = len(message) - 3  # sync (0), update (2), a one-byte varint length, the update
+    assert message[:3] == b"\x00\x02" + fanout._var_uint(length) and length < 0x80
+    assert fanout._MARK.search(message) is not None and message.count(fanout._TIME_PLACEHOLDER) == 1
+    assert fanout._var_uint(300) == b"\xac\x02"  # lib0: low 7 bits first
+
+    worker = fanout._Worker({"url": "ws://127.0.0.1:1", "snapshots": False, "yjs": True, "members": [], "period": 1.0, "duration": 1.0})
+    worker.measured_from_us = 1_000
+    client = fanout._LoadClient(worker, "room0", "user0", 0, updates[0])
+    sent = updates[1][0].replace(fanout._TIME_PLACEHOLDER, b"t=%016d" % 2_000, 1)
+    client.frame(0x2, sent)  # another user's update: a delivery
+    client.frame(0x2, updates[0][0].replace(fanout._TIME_PLACEHOLDER, b"t=%016d" % 2_000, 1))  # its own, echoed: its ack
+    client.frame(0x2, updates[1][1].replace(fanout._TIME_PLACEHOLDER, b"t=%016d" % 500, 1))  # sent in the warm-up: not counted
+    client.frame(0x2, b"\x00\x00\x01\x00")  # the server's sync step 1: not an update
+    assert len(worker.latencies_us) == 1 and worker.stats["acks"] == 1
