@@ -172,3 +172,28 @@ def test_fanout_yjs_updates_are_real_yjs_and_timed_by_their_mark() -> None:
     client.frame(0x2, updates[1][1].replace(fanout._TIME_PLACEHOLDER, b"t=%016d" % 500, 1))  # sent in the warm-up: not counted
     client.frame(0x2, b"\x00\x00\x01\x00")  # the server's sync step 1: not an update
     assert len(worker.latencies_us) == 1 and worker.stats["acks"] == 1
+
+
+def test_fanout_ramp_search_doubles_then_bisects_and_retries_only_a_near_miss() -> None:
+    """The ramp's search for one server: double until a miss, bisect four times; a near miss gets a second run, an overload does not."""
+    def figures(p99_ms: float, cpu_share: float = 1.0) -> dict[str, Any]:
+        return {"p99_ms": p99_ms, "deliveries": 100, "deliveries_expected": 100, "server_cpu_share": cpu_share}
+
+    def run(verdict: Any) -> list[int]:
+        search = fanout._find_limit(20.0)
+        asked = [next(search)]
+        tries: dict[int, int] = {}
+        while True:
+            rooms = asked[-1]
+            tries[rooms] = tries.get(rooms, 0) + 1
+            try:
+                asked.append(search.send(verdict(rooms, tries[rooms])))
+            except StopIteration:
+                return asked
+
+    overloaded_past_700 = run(lambda rooms, _: figures(5.0 if rooms <= 700 else 100.0))
+    assert overloaded_past_700 == [100, 200, 400, 800, 600, 700, 750, 725]
+    near_miss_once_at_200 = run(lambda rooms, tries: figures(30.0 if rooms == 200 and tries == 1 else 5.0 if rooms <= 700 else 100.0))
+    assert near_miss_once_at_200 == [100, 200, 200, 400, 800, 600, 700, 750, 725]
+    stall_with_cpu_to_spare = run(lambda rooms, tries: figures(90.0, 0.5) if rooms == 400 and tries == 1 else figures(5.0 if rooms <= 700 else 100.0))
+    assert stall_with_cpu_to_spare == [100, 200, 400, 400, 800, 600, 700, 750, 725]
