@@ -344,14 +344,20 @@ def _start(kind: str, data_dir: str, wrapper: tuple[str, ...] = ()) -> Server:
     else:
         command = [sys.executable, str(ROOT / "bench" / "bare_relay.py"), "--port", "0"]
     process = subprocess.Popen([*wrapper, *command], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    line = _first_line(process, "http://", kind)
+    http_url = line.split("http://", 1)[1].split()[0].rstrip("/")
+    return Server(process, f"ws://{http_url}/ws")
+
+
+def _first_line(process: subprocess.Popen[str], marker: str, name: str) -> str:
+    """The first line a server prints, which must hold ``marker`` (it says it listens); else kill it and raise."""
     assert process.stdout is not None
     ready = select.select([process.stdout], [], [], JOIN_TIMEOUT_SECONDS)[0]
     line = process.stdout.readline() if ready else ""
-    if "http://" not in line:
+    if marker not in line:
         process.kill()
-        raise RuntimeError(f"{kind} did not start: {line!r}")
-    http_url = line.split("http://", 1)[1].split()[0].rstrip("/")
-    return Server(process, f"ws://{http_url}/ws")
+        raise RuntimeError(f"{name} did not start: {line!r}")
+    return line
 
 
 def install_yjs() -> None:
@@ -373,12 +379,7 @@ def _start_yjs() -> Server:
         port = probe.getsockname()[1]
     process = subprocess.Popen(["node", str(YJS_DIR / "node_modules" / "y-websocket" / "bin" / "server.js")],
                                stdout=subprocess.PIPE, text=True, cwd=YJS_DIR, env={**os.environ, "HOST": "127.0.0.1", "PORT": str(port)})
-    assert process.stdout is not None
-    ready = select.select([process.stdout], [], [], JOIN_TIMEOUT_SECONDS)[0]
-    line = process.stdout.readline() if ready else ""
-    if "running at" not in line:
-        process.kill()
-        raise RuntimeError(f"the y-websocket server did not start: {line!r}")
+    _first_line(process, "running at", "the y-websocket server")
     return Server(process, f"ws://127.0.0.1:{port}")
 
 
