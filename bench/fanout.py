@@ -8,7 +8,7 @@ its send time (``time.monotonic_ns() // 1000``, one clock for every process
 of the machine) as its ``seq``, which both servers pass on, so every receiver
 measures the delivery latency of every update.
 
-Scenarios (default: about ten minutes in all; ``--long`` runs each 4x longer):
+Scenarios (default: about eleven minutes in all; ``--long`` runs each 4x longer):
 
 - ``rooms``: 500 rooms x 4 clients, each sending its part once per loop at
   two loops a second;
@@ -44,7 +44,7 @@ memory per connection, and each server's throughput as a ratio of the relay's.
 ``--floor`` adds the floor to the ramp (``bare_relay.py --durable``), which
 parses, commits, acknowledges and passes on every frame and does nothing
 else, to tell what DESIGN.md's rules cost on this stack from what loopsync's
-code costs (about three minutes more). ``--smoke`` runs a few seconds of a
+code costs (about five minutes more). ``--smoke`` runs a few seconds of a
 small load on every server (the test suite does).
 """
 
@@ -182,23 +182,15 @@ class _LoadClient(asyncio.Protocol):
         worker.last_receive = time.monotonic()
         if opcode == 0x2:  # y-websocket: an update is a binary sync message (0, 2, length, update)
             mark = _MARK.search(payload) if payload[:2] == b"\x00\x02" else None
-            if mark is not None and int(mark.group(2)) >= worker.measured_from_us:
-                if int(mark.group(1)) == self.index:
-                    worker.stats["acks"] += 1  # the server sends each update to its sender too
-                else:
-                    worker.latencies_us.append(time.monotonic_ns() // 1000 - int(mark.group(2)))
+            if mark is not None:  # the server sends each update to its sender too: that echo is the ack
+                worker.heard(int(mark.group(2)), ack=int(mark.group(1)) == self.index)
             return
         kind = _TYPE.search(payload)
         kind_name = kind.group(1) if kind else b""
         if kind_name in (b"update", b"ack"):
             seq = _SEQ.search(payload)
             assert seq is not None
-            sent_us = int(seq.group(1))  # the sender's clock reading, as every update's seq
-            if sent_us >= worker.measured_from_us:
-                if kind_name == b"ack":
-                    worker.stats["acks"] += 1
-                else:
-                    worker.latencies_us.append(time.monotonic_ns() // 1000 - sent_us)
+            worker.heard(int(seq.group(1)), ack=kind_name == b"ack")  # every update's seq is its send time
         elif kind_name == b"snapshot":
             worker.joined()
         elif kind_name == b"error":
@@ -238,6 +230,15 @@ class _Worker:
         """Only updates sent from this ``time.monotonic_ns() // 1000`` on count (set by "go", after the warm-up)."""
         self.ready = asyncio.Event()
         self.joins = 0
+
+    def heard(self, sent_us: int, ack: bool) -> None:
+        """An ack or a delivery of the update sent at ``sent_us``: counted, or timed, if it was sent in the measured window."""
+        if sent_us < self.measured_from_us:
+            return
+        if ack:
+            self.stats["acks"] += 1
+        else:
+            self.latencies_us.append(time.monotonic_ns() // 1000 - sent_us)
 
     def joined(self) -> None:
         self.joins += 1
@@ -416,7 +417,7 @@ def run_load(kind: str, rooms: int, per_room: int, period: float, duration: floa
                 assert worker.stdin is not None
                 worker.stdin.write(f"go {int(sends_from * 1_000_000)}\n")
                 worker.stdin.flush()
-            time.sleep(sends_from + warmup - time.monotonic())
+            time.sleep(max(0.0, sends_from + warmup - time.monotonic()))
             cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
             results = [json.loads(worker.communicate(timeout=duration + 60)[0].splitlines()[-1]) for worker in workers]
             wall = time.monotonic() - wall_before
