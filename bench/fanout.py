@@ -8,19 +8,21 @@ its send time (``time.monotonic_ns() // 1000``, one clock for every process
 of the machine) as its ``seq``, which both servers pass on, so every receiver
 measures the delivery latency of every update.
 
-Scenarios (default: about eleven minutes in all; ``--long`` runs each 4x longer):
+Scenarios (default: about three minutes in all, 4 s windows, the ramp for
+the relay and loopsync, bisected three times; ``--long``: about nine
+minutes, 8-10 s windows, the ramp for every server, bisected four times):
 
 - ``rooms``: 500 rooms x 4 clients, each sending its part once per loop at
   two loops a second;
 - ``crowd``: one room of 200 clients, each sending once every 2 s;
 - ``ramp``: rooms of 4 clients each sending 10 updates a second, the number of
   rooms doubled from 100 until p99 passes 20 ms (a near miss, or a miss
-  with CPU to spare, gets a second run), then bisected four times, to find
-  the most deliveries per second with p99 under 20 ms.
+  with CPU to spare, gets a second run), then bisected, to find the most
+  deliveries per second with p99 under 20 ms.
 
-Every scenario also runs the stock y-websocket server (``yjs``: Yjs on
-Node.js, what a JavaScript developer would use for shared data; documents
-in memory, no validation), installed from ``bench/yjs/package-lock.json``
+The rooms and crowd scenarios and the long ramp also run the stock
+y-websocket server (``yjs``: Yjs on Node.js, what a JavaScript developer
+would use for shared data; documents in memory, no validation), installed from ``bench/yjs/package-lock.json``
 on first use. Its clients join the document named by their room and send
 real Yjs updates made beforehand by ``bench/yjs/updates.js`` (each user
 sets its own entry of one map, as it owns one part in loopsync), with the
@@ -32,7 +34,7 @@ Every run sends for ``WARMUP_SECONDS`` before its measured window, and
 nothing sent then is counted or timed: V8 compiles the y-websocket server's
 hot code while it runs.
 
-The ramp also runs ``loopsync serve --store memory`` (``loopsync-memory``):
+The long ramp also runs ``loopsync serve --store memory`` (``loopsync-memory``):
 the same rules without the disk, to tell what loopsync's code costs from what
 waiting for the disk costs. Before the scenarios, a disk probe measures the
 disk the stores write to: a 4 KiB write and ``fdatasync`` every 3 ms, as a
@@ -44,7 +46,7 @@ memory per connection, and each server's throughput as a ratio of the relay's.
 ``--floor`` adds the floor to the ramp (``bare_relay.py --durable``), which
 parses, commits, acknowledges and passes on every frame and does nothing
 else, to tell what DESIGN.md's rules cost on this stack from what loopsync's
-code costs (about five minutes more). ``--smoke`` runs a few seconds of a
+code costs (a few minutes more). ``--smoke`` runs a few seconds of a
 small load on every server (the test suite does).
 """
 
@@ -85,6 +87,11 @@ y-websocket server runs on V8, which compiles its hot code while it runs:
 in 8 s from a cold start at 12,000 deliveries/s its p99 was 97 ms, in 24 s
 3.8 ms. The Python servers need no warm-up, and get the same one."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+QUIET_SECONDS = 0.5
+"""A worker stops listening once nothing has come for this long after its last send
+(25 times the p99 budget: a delivery later than that is as good as lost)."""
+JOINS_IN_FLIGHT = 32
+"""Clients of one worker that may be joining at once (connected, not yet in their room)."""
 
 
 # -- worker process ----------------------------------------------------------------
@@ -230,6 +237,7 @@ class _Worker:
         """Only updates sent from this ``time.monotonic_ns() // 1000`` on count (set by "go", after the warm-up)."""
         self.ready = asyncio.Event()
         self.joins = 0
+        self.join_slots = asyncio.Semaphore(JOINS_IN_FLIGHT)
 
     def heard(self, sent_us: int, ack: bool) -> None:
         """An ack or a delivery of the update sent at ``sent_us``: counted, or timed, if it was sent in the measured window."""
@@ -241,6 +249,7 @@ class _Worker:
             self.latencies_us.append(time.monotonic_ns() // 1000 - sent_us)
 
     def joined(self) -> None:
+        self.join_slots.release()
         self.joins += 1
         if self.joins == len(self.members):
             self.ready.set()
@@ -258,7 +267,16 @@ class _Worker:
         updates = _yjs_updates(self.members, sends) if self.yjs else {}
         clients = []
         for room, user, index in self.members:
-            _, client = await loop.create_connection(lambda: _LoadClient(self, room, user, index, updates.get(index)), host, int(port))
+            # At most JOINS_IN_FLIGHT clients joining at a time: a server's listen
+            # backlog (aiohttp's is 128) that overflows drops connections, which
+            # the kernel retries only after a second. And a socket connected here,
+            # not a host and port for create_connection, which resolves the
+            # address in a thread for every connection: 5 ms each.
+            await self.join_slots.acquire()
+            sock = socket.socket()
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (host, int(port)))
+            _, client = await loop.create_connection(lambda: _LoadClient(self, room, user, index, updates.get(index)), sock=sock)
             clients.append(client)
         await asyncio.wait_for(self.ready.wait(), JOIN_TIMEOUT_SECONDS)
         print("ready", flush=True)
@@ -271,10 +289,10 @@ class _Worker:
             for index in range(sends):
                 loop.call_at(start + index * self.period, client.send_part)
         await asyncio.sleep(sends_from + self.warmup + self.duration + self.period - time.monotonic())
-        # Let the last deliveries arrive: until a quiet second, at most 10 s.
+        # Let the last deliveries arrive: until nothing has come for QUIET_SECONDS, at most 10 s.
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and time.monotonic() - self.last_receive < 1:
-            await asyncio.sleep(0.2)
+        while time.monotonic() < deadline and time.monotonic() - self.last_receive < QUIET_SECONDS:
+            await asyncio.sleep(0.1)
         for client in clients:
             assert client.transport is not None
             client.transport.abort()
@@ -481,15 +499,18 @@ early; every server gets the same second chance, for a near miss (p99 under
 twice the budget) or a miss with CPU to spare (under ``RAMP_SPARE_CPU`` of a
 core: not overload, so a stall)."""
 RAMP_SPARE_CPU = 0.8
+QUICK_RAMP_BISECTIONS = 3
+"""The default run's ramp (the relay and loopsync only, 3 s steps): the limit
+to within an eighth of the last doubling's gap."""
 
 
 def _within_budget(figures: dict[str, Any], budget_ms: float) -> bool:
     return bool(figures["p99_ms"] <= budget_ms and figures["deliveries"] >= 0.999 * figures["deliveries_expected"])
 
 
-def _keeps_budget(rooms: int, budget_ms: float) -> Generator[int, dict[str, Any], bool]:
-    """Ask for runs of ``rooms`` (yield it, get the run's figures) until one keeps the budget or ``RAMP_TRIES`` have not."""
-    for _ in range(RAMP_TRIES):
+def _keeps_budget(rooms: int, budget_ms: float, tries: int) -> Generator[int, dict[str, Any], bool]:
+    """Ask for runs of ``rooms`` (yield it, get the run's figures) until one keeps the budget or ``tries`` have not."""
+    for _ in range(tries):
         figures = yield rooms
         if _within_budget(figures, budget_ms):
             return True
@@ -498,27 +519,27 @@ def _keeps_budget(rooms: int, budget_ms: float) -> Generator[int, dict[str, Any]
     return False
 
 
-def _find_limit(budget_ms: float) -> Generator[int, dict[str, Any], None]:
+def _find_limit(budget_ms: float, bisections: int = RAMP_BISECTIONS, tries: int = RAMP_TRIES) -> Generator[int, dict[str, Any], None]:
     """One server's search: the rooms of each run it needs, given the figures of the run before."""
     kept, broke = 0, RAMP_FIRST_ROOMS
-    while broke <= RAMP_MAX_ROOMS and (yield from _keeps_budget(broke, budget_ms)):
+    while broke <= RAMP_MAX_ROOMS and (yield from _keeps_budget(broke, budget_ms, tries)):
         kept, broke = broke, broke * 2
-    for _ in range(RAMP_BISECTIONS if broke <= RAMP_MAX_ROOMS else 0):
+    for _ in range(bisections if broke <= RAMP_MAX_ROOMS else 0):
         middle = (kept + broke) // 2
         if middle in (kept, broke):
             break
-        if (yield from _keeps_budget(middle, budget_ms)):
+        if (yield from _keeps_budget(middle, budget_ms, tries)):
             kept = middle
         else:
             broke = middle
 
 
-def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = 20.0) -> list[dict[str, Any]]:
+def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = 20.0, bisections: int = RAMP_BISECTIONS) -> list[dict[str, Any]]:
     """Find, per server, the most rooms it serves with p99 under ``budget_ms`` and nothing lost.
 
     The number of rooms doubles from ``RAMP_FIRST_ROOMS`` until a load breaks
     the budget (in ``RAMP_TRIES`` runs), then the gap between the last load
-    that kept it and the first that broke it is halved ``RAMP_BISECTIONS``
+    that kept it and the first that broke it is halved ``bisections``
     times. Each client sends 10 updates a second (half the server's
     per-connection rate limit), so the load grows by connections, as it does
     in real use. The servers' searches take turns, one run each, so that a
@@ -527,11 +548,11 @@ def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = 20.0) -> li
     """
     period = 0.1
     print(f"ramp: rooms of 4 clients, one update per client every {period:g} s, rooms doubled from {RAMP_FIRST_ROOMS}"
-          f" then bisected {RAMP_BISECTIONS} times, {duration:g} s per step after {WARMUP_SECONDS:g} s of warm-up,"
+          f" then bisected {bisections} times, {duration:g} s per step after {WARMUP_SECONDS:g} s of warm-up,"
           f" p99 budget {budget_ms:g} ms; the servers take turns")
     rows = []
     best_by_server: dict[str, dict[str, Any]] = {}
-    searches = {kind: _find_limit(budget_ms) for kind in kinds}
+    searches = {kind: _find_limit(budget_ms, bisections) for kind in kinds}
     next_rooms = {kind: next(search) for kind, search in searches.items()}
     while next_rooms:
         for kind in list(next_rooms):
@@ -600,7 +621,8 @@ def _disk_row(disk: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="loopsync fan-out against a bare relay")
-    parser.add_argument("--long", action="store_true", help="run each scenario 4x longer")
+    parser.add_argument("--long", action="store_true",
+                        help="the full version: longer runs, every server in the ramp, a finer search (about nine minutes)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds of small load (for the test suite)")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--floor", action="store_true",
@@ -611,15 +633,19 @@ def main() -> int:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(_Worker(json.loads(args.worker)).run())
         return 0
-    scale = 4 if args.long else 1
-    disk = disk_probe(0.5 if args.smoke else 10 * scale)
+    floor = ("floor",) if args.floor else ()
+    disk = disk_probe(0.5 if args.smoke else 10 if args.long else 3)
     print(_disk_row(disk), flush=True)
     if args.smoke:
         rows = scenario("smoke", 5, 4, 0.25, 1.5, ("relay", "floor", "loopsync", "loopsync-memory", "yjs"), warmup=0.5)
+    elif args.long:
+        rows = scenario("rooms", 500, 4, 0.5, 10, ("relay", "loopsync", "yjs"))
+        rows += scenario("crowd", 1, 200, 2.0, 8, ("relay", "loopsync", "yjs"))
+        rows += ramp(4, ("relay", *floor, "loopsync", "loopsync-memory", "yjs"))
     else:
-        rows = scenario("rooms", 500, 4, 0.5, 10 * scale, ("relay", "loopsync", "yjs"))
-        rows += scenario("crowd", 1, 200, 2.0, 8 * scale, ("relay", "loopsync", "yjs"))
-        rows += ramp(4 * scale, ("relay", "floor", "loopsync", "loopsync-memory", "yjs") if args.floor else ("relay", "loopsync", "loopsync-memory", "yjs"))
+        rows = scenario("rooms", 500, 4, 0.5, 4, ("relay", "loopsync", "yjs"))
+        rows += scenario("crowd", 1, 200, 2.0, 4, ("relay", "loopsync", "yjs"))
+        rows += ramp(3, ("relay", *floor, "loopsync"), bisections=QUICK_RAMP_BISECTIONS)
     if args.json:
         args.json.write_text(json.dumps({"disk": disk, "runs": rows}, indent=1))
     lost = [row for row in rows if row["server"].startswith("loopsync")
