@@ -179,8 +179,8 @@ def test_fanout_ramp_search_doubles_then_bisects_and_retries_only_a_near_miss() 
     def figures(p99_ms: float, cpu_share: float = 1.0) -> dict[str, Any]:
         return {"p99_ms": p99_ms, "deliveries": 100, "deliveries_expected": 100, "server_cpu_share": cpu_share}
 
-    def run(verdict: Any) -> list[int]:
-        search = fanout._find_limit(20.0)
+    def run(verdict: Any, bisections: int = fanout.RAMP_BISECTIONS) -> list[int]:
+        search = fanout._find_limit(20.0, bisections)
         asked = [next(search)]
         tries: dict[int, int] = {}
         while True:
@@ -193,6 +193,7 @@ def test_fanout_ramp_search_doubles_then_bisects_and_retries_only_a_near_miss() 
 
     overloaded_past_700 = run(lambda rooms, _: figures(5.0 if rooms <= 700 else 100.0))
     assert overloaded_past_700 == [100, 200, 400, 800, 600, 700, 750, 725]
+    assert run(lambda rooms, _: figures(5.0 if rooms <= 700 else 100.0), fanout.QUICK_RAMP_BISECTIONS) == [100, 200, 400, 800, 600, 700, 750]
     near_miss_once_at_200 = run(lambda rooms, tries: figures(30.0 if rooms == 200 and tries == 1 else 5.0 if rooms <= 700 else 100.0))
     assert near_miss_once_at_200 == [100, 200, 200, 400, 800, 600, 700, 750, 725]
     stall_with_cpu_to_spare = run(lambda rooms, tries: figures(90.0, 0.5) if rooms == 400 and tries == 1 else figures(5.0 if rooms <= 700 else 100.0))
