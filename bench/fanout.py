@@ -8,9 +8,10 @@ its send time (``time.monotonic_ns() // 1000``, one clock for every process
 of the machine) as its ``seq``, which both servers pass on, so every receiver
 measures the delivery latency of every update.
 
-Scenarios (default: about three minutes in all, 4 s windows, the ramp for
-the relay and loopsync, bisected three times; ``--long``: about nine
-minutes, 8-10 s windows, the ramp for every server, bisected four times):
+Scenarios (default: about three minutes in all, 4 s windows and 3 s ramp
+steps, the ramp for the relay and loopsync, bisected three times;
+``--long``: six to nine minutes, 8-10 s windows and 4 s ramp steps, the
+ramp for every server, bisected four times):
 
 - ``rooms``: 500 rooms x 4 clients, each sending its part once per loop at
   two loops a second;
@@ -622,7 +623,7 @@ def _disk_row(disk: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description="loopsync fan-out against a bare relay")
     parser.add_argument("--long", action="store_true",
-                        help="the full version: longer runs, every server in the ramp, a finer search (about nine minutes)")
+                        help="the full version: longer runs, every server in the ramp, a finer search (six to nine minutes)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds of small load (for the test suite)")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--floor", action="store_true",
