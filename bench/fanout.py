@@ -23,8 +23,8 @@ ramp for every server, bisected four times):
 
 The rooms and crowd scenarios and the long ramp also run the stock
 y-websocket server (``yjs``: Yjs on Node.js, what a JavaScript developer
-would use for shared data; documents in memory, no validation), installed from ``bench/yjs/package-lock.json``
-on first use. Its clients join the document named by their room and send
+would use for shared data; documents in memory, no validation), installed
+from ``bench/yjs/package-lock.json`` on first use. Its clients join the document named by their room and send
 real Yjs updates made beforehand by ``bench/yjs/updates.js`` (each user
 sets its own entry of one map, as it owns one part in loopsync), with the
 send time written into each; the server applies every update to the room's
@@ -509,9 +509,9 @@ def _within_budget(figures: dict[str, Any], budget_ms: float) -> bool:
     return bool(figures["p99_ms"] <= budget_ms and figures["deliveries"] >= 0.999 * figures["deliveries_expected"])
 
 
-def _keeps_budget(rooms: int, budget_ms: float, tries: int) -> Generator[int, dict[str, Any], bool]:
-    """Ask for runs of ``rooms`` (yield it, get the run's figures) until one keeps the budget or ``tries`` have not."""
-    for _ in range(tries):
+def _keeps_budget(rooms: int, budget_ms: float) -> Generator[int, dict[str, Any], bool]:
+    """Ask for runs of ``rooms`` (yield it, get the run's figures) until one keeps the budget or ``RAMP_TRIES`` have not."""
+    for _ in range(RAMP_TRIES):
         figures = yield rooms
         if _within_budget(figures, budget_ms):
             return True
@@ -520,16 +520,16 @@ def _keeps_budget(rooms: int, budget_ms: float, tries: int) -> Generator[int, di
     return False
 
 
-def _find_limit(budget_ms: float, bisections: int = RAMP_BISECTIONS, tries: int = RAMP_TRIES) -> Generator[int, dict[str, Any], None]:
+def _find_limit(budget_ms: float, bisections: int = RAMP_BISECTIONS) -> Generator[int, dict[str, Any], None]:
     """One server's search: the rooms of each run it needs, given the figures of the run before."""
     kept, broke = 0, RAMP_FIRST_ROOMS
-    while broke <= RAMP_MAX_ROOMS and (yield from _keeps_budget(broke, budget_ms, tries)):
+    while broke <= RAMP_MAX_ROOMS and (yield from _keeps_budget(broke, budget_ms)):
         kept, broke = broke, broke * 2
     for _ in range(bisections if broke <= RAMP_MAX_ROOMS else 0):
         middle = (kept + broke) // 2
         if middle in (kept, broke):
             break
-        if (yield from _keeps_budget(middle, budget_ms, tries)):
+        if (yield from _keeps_budget(middle, budget_ms)):
             kept = middle
         else:
             broke = middle
