@@ -57,6 +57,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import os
 import random
 import re
@@ -620,6 +621,82 @@ def _disk_row(disk: dict[str, Any]) -> str:
             f"  max {disk['max_ms']:.1f} ms; {disk['stalls']} over {STALL_MS:g} ms, {disk['stalled_share']:.2%} of the time stalled")
 
 
+PLOT_COLOURS = {"relay": "#7f7f7f", "floor": "#9467bd", "loopsync": "#1f77b4", "loopsync-memory": "#17becf", "yjs": "#ff7f0e"}
+
+
+def ramp_svg(rows: list[dict[str, Any]], budget_ms: float = 20.0) -> str:
+    """Every ramp step as a point, p99 (log scale) against deliveries/s, one colour per server; each limit ringed."""
+    steps = [row for row in rows if row.get("scenario") == "ramp"]
+    servers = [kind for kind in PLOT_COLOURS if any(row["server"] == kind for row in steps)]
+    width, height, left, right, top, bottom = 760, 380, 64, 20, 40 + 16 * len(servers), 46
+    plot_w, plot_h = width - left - right, height - top - bottom
+    x_max = math.ceil(max([float(row["deliveries_per_s"]) for row in steps] + [10_000.0]) / 10_000) * 10_000
+    y_low, y_high = 0.1, 10_000.0  # ms, log scale
+
+    def x_of(deliveries_per_s: float) -> float:
+        return left + plot_w * deliveries_per_s / x_max
+
+    def y_of(ms: float) -> float:
+        clamped = min(max(ms, y_low), y_high)
+        return top + plot_h * (math.log10(y_high) - math.log10(clamped)) / (math.log10(y_high) - math.log10(y_low))
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           '<text x="64" y="18" font-size="14">Fan-out ramp: p99 delivery latency against deliveries/s (bench/fanout.py)</text>']
+    for exponent in range(-1, 5):
+        y = y_of(10.0 ** exponent)
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{10.0 ** exponent:g}</text>')
+    budget_y = y_of(budget_ms)
+    out.append(f'<line x1="{left}" x2="{width - right}" y1="{budget_y:.1f}" y2="{budget_y:.1f}" stroke="#d62728" stroke-dasharray="5,4"/>')
+    out.append(f'<text x="{width - right - 4}" y="{budget_y - 5:.1f}" text-anchor="end" fill="#d62728">p99 budget {budget_ms:g} ms</text>')
+    tick = 10_000 if x_max <= 100_000 else 20_000
+    for value in range(0, int(x_max) + 1, tick):
+        out.append(f'<text x="{x_of(value):.1f}" y="{height - bottom + 16}" text-anchor="middle">{value // 1000}k</text>')
+    out.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">deliveries per second'
+               ' (rooms of 4, 10 updates/s per client); a ring marks each server\'s limit</text>')
+    out.append(f'<text x="14" y="{top + plot_h / 2}" transform="rotate(-90 14 {top + plot_h / 2})" text-anchor="middle">p99 (ms)</text>')
+    out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="black"/>')
+    out.append(f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="black"/>')
+    limits = {kind: max((row["deliveries_per_s"] for row in steps if row["server"] == kind and _within_budget(row, budget_ms)), default=0.0)
+              for kind in servers}
+    for row_number, kind in enumerate(servers):
+        colour = PLOT_COLOURS[kind]
+        mine = [row for row in steps if row["server"] == kind]
+        kept = [row for row in mine if _within_budget(row, budget_ms)]
+        for row in mine:
+            out.append(f'<circle cx="{x_of(row["deliveries_per_s"]):.1f}" cy="{y_of(row["p99_ms"]):.1f}" r="3" fill="{colour}"/>')
+        label = kind
+        if kept:
+            best = max(kept, key=lambda row: row["deliveries_per_s"])
+            out.append(f'<circle cx="{x_of(best["deliveries_per_s"]):.1f}" cy="{y_of(best["p99_ms"]):.1f}" r="7" fill="none"'
+                       f' stroke="{colour}" stroke-width="2"/>')
+            label += f': {best["deliveries_per_s"]:,.0f} deliveries/s under the budget'
+            if kind != "relay" and limits.get("relay"):
+                label += f' ({best["deliveries_per_s"] / limits["relay"]:.2f} of the relay)'
+        y = 36 + 16 * row_number
+        out.append(f'<circle cx="{left + 4}" cy="{y - 4}" r="4" fill="{colour}"/>')
+        out.append(f'<text x="{left + 14}" y="{y}">{label}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def write_plot(svg: str, path: Path, chromium: str) -> None:
+    """Write the plot as SVG, or as PNG rendered by Chromium (as ``bench/clock.py`` does: no plotting library)."""
+    if path.suffix.lower() != ".png":
+        path.write_text(svg)
+        return
+    import clock  # bench/clock.py: Playwright, loaded only to draw a PNG
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=clock.CHROMIUM_ARGS)
+        try:
+            clock.write_plot(browser, svg, path)
+        finally:
+            browser.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="loopsync fan-out against a bare relay")
     parser.add_argument("--long", action="store_true",
@@ -628,11 +705,19 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--floor", action="store_true",
                         help="also ramp the floor (bare_relay.py --durable: parse, commit, ack, pass on; no rules)")
+    parser.add_argument("--plot", type=Path, help="draw the ramp (p99 against deliveries/s) to this .svg or .png (a PNG needs Chromium)")
+    parser.add_argument("--from-json", type=Path, metavar="JSON", help="with --plot: draw a run saved with --json, run nothing")
+    parser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium binary that renders a PNG")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(_Worker(json.loads(args.worker)).run())
+        return 0
+    if args.from_json:
+        if not args.plot:
+            parser.error("--from-json needs --plot")
+        write_plot(ramp_svg(json.loads(args.from_json.read_text())["runs"]), args.plot, args.chromium)
         return 0
     floor = ("floor",) if args.floor else ()
     disk = disk_probe(0.5 if args.smoke else 10 if args.long else 3)
@@ -649,6 +734,8 @@ def main() -> int:
         rows += ramp(3, ("relay", *floor, "loopsync"), bisections=QUICK_RAMP_BISECTIONS)
     if args.json:
         args.json.write_text(json.dumps({"disk": disk, "runs": rows}, indent=1))
+    if args.plot:
+        write_plot(ramp_svg(rows), args.plot, args.chromium)
     lost = [row for row in rows if row["server"].startswith("loopsync")
             and (row["deliveries"] < row["deliveries_expected"] or row["errors"])]
     if lost:

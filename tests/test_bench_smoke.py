@@ -198,3 +198,23 @@ def test_fanout_ramp_search_doubles_then_bisects_and_retries_only_a_near_miss() 
     assert near_miss_once_at_200 == [100, 200, 200, 400, 800, 600, 700, 750, 725]
     stall_with_cpu_to_spare = run(lambda rooms, tries: figures(90.0, 0.5) if rooms == 400 and tries == 1 else figures(5.0 if rooms <= 700 else 100.0))
     assert stall_with_cpu_to_spare == [100, 200, 400, 400, 800, 600, 700, 750, 725]
+
+
+def test_fanout_plot_draws_every_ramp_step_and_rings_each_limit(tmp_path: Path) -> None:
+    """--plot draws each ramp step of each server, rings the most deliveries/s under the budget, and a saved run renders to PNG."""
+    def step(server: str, deliveries_per_s: float, p99_ms: float) -> dict[str, Any]:
+        return {"scenario": "ramp", "server": server, "deliveries_per_s": deliveries_per_s, "p99_ms": p99_ms,
+                "deliveries": 100, "deliveries_expected": 100}
+
+    rows = [step("relay", 12_000, 1.0), step("relay", 40_000, 5.0), step("relay", 48_000, 300.0),
+            step("loopsync", 12_000, 5.0), step("loopsync", 24_000, 15.0), step("loopsync", 30_000, 80.0),
+            {"scenario": "rooms", "server": "yjs", "deliveries_per_s": 12_000, "p99_ms": 4.0}]
+    svg = fanout.ramp_svg(rows)
+    assert svg.count('r="3"') == 6  # the six ramp steps, not the rooms scenario
+    assert svg.count('r="7"') == 2  # one ring per server: relay at 40,000, loopsync at 24,000
+    assert "loopsync: 24,000 deliveries/s under the budget (0.60 of the relay)" in svg
+    assert "yjs" not in svg and "p99 budget 20 ms" in svg
+    (tmp_path / "run.json").write_text(json.dumps({"disk": {}, "runs": rows}))
+    result = run_bench("fanout.py", "--from-json", str(tmp_path / "run.json"), "--plot", str(tmp_path / "ramp.png"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "ramp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
