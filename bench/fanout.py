@@ -536,6 +536,16 @@ def _find_limit(budget_ms: float, bisections: int = RAMP_BISECTIONS) -> Generato
             broke = middle
 
 
+def _limits(rows: list[dict[str, Any]], budget_ms: float) -> dict[str, dict[str, Any]]:
+    """Each server's ramp step with the most deliveries/s that kept the budget (a server with none has no entry)."""
+    limits: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if (row.get("scenario") == "ramp" and _within_budget(row, budget_ms)
+                and row["deliveries_per_s"] > limits.get(row["server"], {}).get("deliveries_per_s", 0)):
+            limits[row["server"]] = row
+    return limits
+
+
 def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = 20.0, bisections: int = RAMP_BISECTIONS) -> list[dict[str, Any]]:
     """Find, per server, the most rooms it serves with p99 under ``budget_ms`` and nothing lost.
 
@@ -553,7 +563,6 @@ def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = 20.0, bisec
           f" then bisected {bisections} times, {duration:g} s per step after {WARMUP_SECONDS:g} s of warm-up,"
           f" p99 budget {budget_ms:g} ms; the servers take turns")
     rows = []
-    best_by_server: dict[str, dict[str, Any]] = {}
     searches = {kind: _find_limit(budget_ms, bisections) for kind in kinds}
     next_rooms = {kind: next(search) for kind, search in searches.items()}
     while next_rooms:
@@ -562,12 +571,11 @@ def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = 20.0, bisec
             figures["scenario"] = "ramp"
             rows.append(figures)
             print(_row(figures), flush=True)
-            if _within_budget(figures, budget_ms) and figures["deliveries_per_s"] > best_by_server.get(kind, {}).get("deliveries_per_s", 0):
-                best_by_server[kind] = figures
             try:
                 next_rooms[kind] = searches[kind].send(figures)
             except StopIteration:
                 del next_rooms[kind]
+    best_by_server = _limits(rows, budget_ms)
     for kind in kinds:
         if kind in best_by_server:
             best = best_by_server[kind]
@@ -658,22 +666,20 @@ def ramp_svg(rows: list[dict[str, Any]], budget_ms: float = 20.0) -> str:
     out.append(f'<text x="14" y="{top + plot_h / 2}" transform="rotate(-90 14 {top + plot_h / 2})" text-anchor="middle">p99 (ms)</text>')
     out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="black"/>')
     out.append(f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="black"/>')
-    limits = {kind: max((row["deliveries_per_s"] for row in steps if row["server"] == kind and _within_budget(row, budget_ms)), default=0.0)
-              for kind in servers}
+    limits = _limits(steps, budget_ms)
     for row_number, kind in enumerate(servers):
         colour = PLOT_COLOURS[kind]
-        mine = [row for row in steps if row["server"] == kind]
-        kept = [row for row in mine if _within_budget(row, budget_ms)]
-        for row in mine:
-            out.append(f'<circle cx="{x_of(row["deliveries_per_s"]):.1f}" cy="{y_of(row["p99_ms"]):.1f}" r="3" fill="{colour}"/>')
+        for row in steps:
+            if row["server"] == kind:
+                out.append(f'<circle cx="{x_of(row["deliveries_per_s"]):.1f}" cy="{y_of(row["p99_ms"]):.1f}" r="3" fill="{colour}"/>')
         label = kind
-        if kept:
-            best = max(kept, key=lambda row: row["deliveries_per_s"])
+        best = limits.get(kind)
+        if best is not None:
             out.append(f'<circle cx="{x_of(best["deliveries_per_s"]):.1f}" cy="{y_of(best["p99_ms"]):.1f}" r="7" fill="none"'
                        f' stroke="{colour}" stroke-width="2"/>')
             label += f': {best["deliveries_per_s"]:,.0f} deliveries/s under the budget'
-            if kind != "relay" and limits.get("relay"):
-                label += f' ({best["deliveries_per_s"] / limits["relay"]:.2f} of the relay)'
+            if kind != "relay" and "relay" in limits:
+                label += f' ({best["deliveries_per_s"] / limits["relay"]["deliveries_per_s"]:.2f} of the relay)'
         y = 36 + 16 * row_number
         out.append(f'<circle cx="{left + 4}" cy="{y - 4}" r="4" fill="{colour}"/>')
         out.append(f'<text x="{left + 14}" y="{y}">{label}</text>')
