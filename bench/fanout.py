@@ -8,10 +8,10 @@ its send time (``time.monotonic_ns() // 1000``, one clock for every process
 of the machine) as its ``seq``, which both servers pass on, so every receiver
 measures the delivery latency of every update.
 
-Scenarios (default: about three minutes in all, 4 s windows and 3 s ramp
-steps, the ramp for the relay and loopsync, bisected three times;
-``--long``: six to nine minutes, 8-10 s windows and 4 s ramp steps, the
-ramp for every server, bisected four times):
+Scenarios (default: about a minute and a half in all, 3 s windows and 2 s
+ramp steps, the relay and loopsync, the ramp bisected three times;
+``--long``: 8-10 s windows and 4 s ramp steps, every server, the ramp
+bisected four times):
 
 - ``rooms``: 500 rooms x 4 clients, each sending its part once per loop at
   two loops a second;
@@ -19,9 +19,10 @@ ramp for every server, bisected four times):
 - ``ramp``: rooms of 4 clients each sending 10 updates a second, the number of
   rooms doubled from 100 until p99 passes 20 ms (a near miss, or a miss
   with CPU to spare, gets a second run), then bisected, to find the most
-  deliveries per second with p99 under 20 ms.
+  deliveries per second with p99 under 20 ms. Each server runs once for its
+  whole ramp and keeps its clients from one step to the next.
 
-The rooms and crowd scenarios and the long ramp also run the stock
+With ``--long`` every scenario also runs the stock
 y-websocket server (``yjs``: Yjs on Node.js, what a JavaScript developer
 would use for shared data; documents in memory, no validation), installed
 from ``bench/yjs/package-lock.json`` on first use. Its clients join the document named by their room and send
@@ -31,9 +32,9 @@ send time written into each; the server applies every update to the room's
 document and sends it to every client of the room, its sender too (that
 echo counts as the sender's ack).
 
-Every run sends for ``WARMUP_SECONDS`` before its measured window, and
-nothing sent then is counted or timed: V8 compiles the y-websocket server's
-hot code while it runs.
+Every step sends for 1 s before its measured window (a y-websocket
+server's first for 3 s, while V8 compiles its hot code), and nothing sent
+then is counted or timed.
 
 The long ramp also runs ``loopsync serve --store memory`` (``loopsync-memory``):
 the same rules without the disk, to tell what loopsync's code costs from what
@@ -82,12 +83,16 @@ JOIN_TIMEOUT_SECONDS = 60
 GO_MARGIN_SECONDS = 0.2
 """Workers hear "go" one after the other; the first send comes this long
 after the parent says it, so that every worker has heard it by then."""
-WARMUP_SECONDS = 3.0
-"""Every run sends this long before the measured window: what is sent in the
-warm-up is neither counted nor timed, nor is the server's CPU in it. The
-y-websocket server runs on V8, which compiles its hot code while it runs:
-in 8 s from a cold start at 12,000 deliveries/s its p99 was 97 ms, in 24 s
-3.8 ms. The Python servers need no warm-up, and get the same one."""
+WARMUP_SECONDS = 1.0
+"""Every step sends this long before its measured window: what is sent in the
+warm-up is neither counted nor timed, nor is the server's CPU in it. Time
+for a new load's queues to settle, and for what a ramp's step before left
+in them to go out."""
+YJS_WARMUP_SECONDS = 3.0
+"""The warm-up of a y-websocket server's first step. It runs on V8, which
+compiles its hot code while it runs: in 8 s from a cold start at 12,000
+deliveries/s its p99 was 97 ms, in 24 s 3.8 ms. The Python servers need no
+such warm-up."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 QUIET_SECONDS = 0.5
 """A worker stops listening once nothing has come for this long after its last send
@@ -137,6 +142,7 @@ class _LoadClient(asyncio.Protocol):
     def __init__(self, worker: _Worker, room: str, user: str, index: int = 0, yjs_updates: list[bytes] | None = None) -> None:
         self.worker = worker
         self.room = room
+        self.user = user
         self.index = index
         self.hello = json.dumps({"type": "hello", "v": 1, "room": room, "user": user, "playing": True, "bpm": 120}).encode()
         self.yjs_updates = iter(yjs_updates or ())
@@ -148,6 +154,9 @@ class _LoadClient(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
         path = f"/{self.room}" if self.worker.yjs else "/ws"  # y-websocket: the path names the document
         self.transport.write(_HANDSHAKE.format(path=path, host=self.worker.host).encode())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.worker.lost(self)
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer + data
@@ -222,24 +231,45 @@ class _LoadClient(asyncio.Protocol):
 
 
 class _Worker:
-    """One load process: its clients, what they heard, and the schedule of their sends."""
+    """One load process: its share of the members, what they heard in the current step, and the schedule of their sends.
+
+    Member ``i`` (of every worker's) is ``user{i % per_room}`` of
+    ``room{i // per_room}``; this worker has those with ``i % workers ==
+    index``. The parent drives it through stdin, one command a line:
+    ``step ACTIVE WARMUP DURATION`` connects its members among the first
+    ``ACTIVE`` that are not connected (the others stay as they are) and
+    answers ``ready``; ``go T`` has those members send from monotonic
+    microsecond ``T`` on, for ``WARMUP + DURATION`` seconds, and answers with
+    what they heard of the last ``DURATION`` seconds, as JSON. Several steps
+    against one server keep its connections, so a ramp pays no restarts.
+    """
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.host = config["url"].split("/")[2]
         self.snapshots: bool = config["snapshots"]
         self.yjs: bool = config.get("yjs", False)
-        self.members: list[tuple[str, str, int]] = config["members"]
+        self.per_room: int = config["per_room"]
         self.period: float = config["period"]
-        self.duration: float = config["duration"]
-        self.warmup: float = config.get("warmup", 0.0)
-        self.stats: dict[str, Any] = {"sent": 0, "acks": 0, "errors": 0}
+        self.index: int = config.get("index", 0)
+        self.workers: int = config.get("workers", 1)
+        self.clients: dict[int, _LoadClient] = {}
+        """Connected members by index; a member whose connection the server closed is dropped, and joins again at the next step."""
+        self.stats: dict[str, Any] = {}
         self.latencies_us: list[int] = []
         self.last_receive = 0.0
         self.measured_from_us = 1 << 62
         """Only updates sent from this ``time.monotonic_ns() // 1000`` on count (set by "go", after the warm-up)."""
         self.ready = asyncio.Event()
-        self.joins = 0
+        self.joining = 0
         self.join_slots = asyncio.Semaphore(JOINS_IN_FLIGHT)
+        self.steps = 0
+        self.senders: list[_LoadClient] = []
+        self.warmup = self.duration = 0.0
+        self._new_step_stats()
+
+    def _new_step_stats(self) -> None:
+        self.stats = {"sent": 0, "acks": 0, "errors": 0, "disconnects": 0}
+        self.latencies_us = []
 
     def heard(self, sent_us: int, ack: bool) -> None:
         """An ack or a delivery of the update sent at ``sent_us``: counted, or timed, if it was sent in the measured window."""
@@ -252,11 +282,17 @@ class _Worker:
 
     def joined(self) -> None:
         self.join_slots.release()
-        self.joins += 1
-        if self.joins == len(self.members):
+        self.joining -= 1
+        if self.joining == 0:
             self.ready.set()
 
-    async def run(self) -> None:
+    def lost(self, client: _LoadClient) -> None:
+        """The server closed ``client``'s connection (a load worker closes none before its end)."""
+        if self.clients.get(client.index) is client:
+            del self.clients[client.index]
+            self.stats["disconnects"] += 1
+
+    async def serve(self) -> None:
         # A collection of the generations that hold the clients and the send
         # timers takes tens of milliseconds: with it on, the p99 the workers
         # reported was the load generator's own pauses (a bare relay at
@@ -264,11 +300,24 @@ class _Worker:
         # workers make no reference cycles worth collecting in a minute.
         gc.disable()
         loop = asyncio.get_running_loop()
+        while command := (await loop.run_in_executor(None, sys.stdin.readline)).split():
+            if command[0] == "step":
+                await self.prepare(int(command[1]), float(command[2]), float(command[3]))
+                print("ready", flush=True)
+            elif command[0] == "go":
+                print(json.dumps(await self.go(int(command[1]))), flush=True)
+        for client in list(self.clients.values()):
+            assert client.transport is not None
+            client.transport.abort()
+
+    async def prepare(self, active: int, warmup: float, duration: float) -> None:
+        """Connect this worker's members among the first ``active`` that are not, and make what they will send."""
+        loop = asyncio.get_running_loop()
         host, port = self.host.rsplit(":", 1)
-        sends = int((self.warmup + self.duration) / self.period)
-        updates = _yjs_updates(self.members, sends) if self.yjs else {}
-        clients = []
-        for room, user, index in self.members:
+        missing = [index for index in range(self.index, active, self.workers) if index not in self.clients]
+        self.ready.clear()
+        self.joining = len(missing)
+        for index in missing:
             # At most JOINS_IN_FLIGHT clients joining at a time: a server's listen
             # backlog (aiohttp's is 128) that overflows drops connections, which
             # the kernel retries only after a second. And a socket connected here,
@@ -278,37 +327,53 @@ class _Worker:
             sock = socket.socket()
             sock.setblocking(False)
             await loop.sock_connect(sock, (host, int(port)))
-            _, client = await loop.create_connection(lambda: _LoadClient(self, room, user, index, updates.get(index)), sock=sock)
-            clients.append(client)
-        await asyncio.wait_for(self.ready.wait(), JOIN_TIMEOUT_SECONDS)
-        print("ready", flush=True)
-        go = await loop.run_in_executor(None, sys.stdin.readline)  # "go <monotonic µs when the sends begin>"
-        sends_from = int(go.split()[1]) / 1_000_000  # the same instant for every worker: CLOCK_MONOTONIC is the machine's
+            room, user = f"room{index // self.per_room}", f"user{index % self.per_room}"
+            _, self.clients[index] = await loop.create_connection(lambda: _LoadClient(self, room, user, index), sock=sock)
+        if missing:
+            await asyncio.wait_for(self.ready.wait(), JOIN_TIMEOUT_SECONDS)
+        self.warmup, self.duration = warmup, duration
+        self.senders = [self.clients[index] for index in range(self.index, active, self.workers)]
+        if self.yjs:  # each step's updates come from new Yjs clients (see _yjs_updates)
+            updates = _yjs_updates([(client.user, client.index) for client in self.senders], self._sends(), self.steps)
+            for client in self.senders:
+                client.yjs_updates = iter(updates[client.index])
+        self.steps += 1
+
+    def _sends(self) -> int:
+        return int((self.warmup + self.duration) / self.period)
+
+    async def go(self, sends_from_us: int) -> dict[str, Any]:
+        """Send as prepared from ``sends_from_us`` on; what was heard of the updates sent after the warm-up."""
+        loop = asyncio.get_running_loop()
+        self._new_step_stats()
+        sends_from = sends_from_us / 1_000_000  # the same instant for every worker: CLOCK_MONOTONIC is the machine's
         self.measured_from_us = int((sends_from + self.warmup) * 1_000_000)
         first = loop.time() + sends_from - time.monotonic()
-        for client in clients:
+        for client in self.senders:
             start = first + random.uniform(0, self.period)
-            for index in range(sends):
-                loop.call_at(start + index * self.period, client.send_part)
+            for number in range(self._sends()):
+                loop.call_at(start + number * self.period, client.send_part)
         await asyncio.sleep(sends_from + self.warmup + self.duration + self.period - time.monotonic())
         # Let the last deliveries arrive: until nothing has come for QUIET_SECONDS, at most 10 s.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and time.monotonic() - self.last_receive < QUIET_SECONDS:
             await asyncio.sleep(0.1)
-        for client in clients:
-            assert client.transport is not None
-            client.transport.abort()
-        print(json.dumps({**self.stats, "latencies_us": self.latencies_us}), flush=True)
+        return {**self.stats, "latencies_us": self.latencies_us}
 
 
-def _yjs_updates(members: list[tuple[str, str, int]], count: int) -> dict[int, list[bytes]]:
-    """``count`` Yjs updates per member, made by ``bench/yjs/updates.js``, each wrapped as a y-websocket sync message."""
-    request = {"users": [[index, user] for _, user, index in members], "count": count}
+def _yjs_updates(users: list[tuple[str, int]], count: int, generation: int = 0) -> dict[int, list[bytes]]:
+    """``count`` Yjs updates per ``(user, index)``, made by ``bench/yjs/updates.js``, each wrapped as a y-websocket sync message.
+
+    Each ``generation`` writes from new Yjs clients: a client's updates form
+    a chain from its first, so a later step cannot start a chain again under
+    the same client, whose updates the server already has.
+    """
+    request = {"users": [[index, user] for user, index in users], "count": count, "generation": generation}
     made = subprocess.run(["node", str(YJS_DIR / "updates.js")], input=json.dumps(request).encode(),
                           capture_output=True, check=True, timeout=JOIN_TIMEOUT_SECONDS).stdout
     updates: dict[int, list[bytes]] = {}
     position = 0
-    for _, _, index in members:
+    for _, index in users:
         messages = updates[index] = []
         for _ in range(count):
             length = int.from_bytes(made[position:position + 4], "big")
@@ -410,54 +475,114 @@ def _percentile(sorted_values: list[int], share: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(share * len(sorted_values)))] / 1000
 
 
-def run_load(kind: str, rooms: int, per_room: int, period: float, duration: float, wrapper: tuple[str, ...] = (),
-             warmup: float = WARMUP_SECONDS) -> dict[str, Any]:
-    """Start ``kind``'s server, connect ``rooms x per_room`` clients, send for ``warmup + duration`` s; return figures of the last ``duration`` s."""
-    with tempfile.TemporaryDirectory() as data_dir:
-        server = _start(kind, data_dir, wrapper)
+class Session:
+    """One server process under load from ``WORKERS`` load processes, for one step or many.
+
+    A ramp runs all its steps against one session per server: the clients
+    stay connected from one step to the next, so a step costs its warm-up,
+    its window and its tail, not a server start and the joins.
+    """
+
+    def __init__(self, kind: str, per_room: int, period: float, wrapper: tuple[str, ...] = ()) -> None:
+        self.kind, self.per_room, self.period = kind, per_room, period
+        self.data_dir = tempfile.TemporaryDirectory()
+        self.server = _start(kind, self.data_dir.name, wrapper)
+        self.workers: list[subprocess.Popen[str]] = []
         try:
-            rss_before = server.rss_bytes()
-            members = [(f"room{r}", f"user{u}", r * per_room + u) for r in range(rooms) for u in range(per_room)]
-            workers = []
+            self.rss_idle = self.server.rss_bytes()
             for index in range(WORKERS):
-                config = {"url": server.ws_url, "snapshots": kind.startswith("loopsync"), "yjs": kind == "yjs",
-                          "members": members[index::WORKERS], "period": period, "duration": duration, "warmup": warmup}
-                workers.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(config)],
-                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-            for worker in workers:
-                assert worker.stdout is not None
-                if not select.select([worker.stdout], [], [], JOIN_TIMEOUT_SECONDS)[0] or worker.stdout.readline().strip() != "ready":
-                    for each in workers:
-                        each.kill()
-                    raise RuntimeError(f"a load worker did not connect its clients within {JOIN_TIMEOUT_SECONDS} s")
-            connections = len(members)
-            rss_connected = server.rss_bytes()
-            sends_from = time.monotonic() + GO_MARGIN_SECONDS
-            for worker in workers:
-                assert worker.stdin is not None
-                worker.stdin.write(f"go {int(sends_from * 1_000_000)}\n")
-                worker.stdin.flush()
-            time.sleep(max(0.0, sends_from + warmup - time.monotonic()))
-            cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
-            results = [json.loads(worker.communicate(timeout=duration + 60)[0].splitlines()[-1]) for worker in workers]
-            wall = time.monotonic() - wall_before
-            cpu = server.cpu_seconds() - cpu_before
-        finally:
-            server.stop()
-    latencies = sorted(value for result in results for value in result["latencies_us"])
-    sent = sum(result["sent"] for result in results)
-    expected = sent * (per_room - 1)
-    return {
-        "server": kind, "rooms": rooms, "per_room": per_room, "connections": connections,
-        "updates_sent": sent, "deliveries": len(latencies), "deliveries_expected": expected,
-        "acks": sum(result["acks"] for result in results), "errors": sum(result["errors"] for result in results),
-        "deliveries_per_s": len(latencies) / duration,
-        "p50_ms": _percentile(latencies, 0.50), "p99_ms": _percentile(latencies, 0.99),
-        "max_ms": latencies[-1] / 1000 if latencies else float("nan"),
-        # Share of one core over the sending window (the tail after it is mostly idle waiting).
-        "server_cpu_s": cpu, "server_cpu_share": cpu / duration, "wall_s": wall,
-        "kib_per_connection": (rss_connected - rss_before) / connections / 1024,
-    }
+                config = {"url": self.server.ws_url, "snapshots": kind.startswith("loopsync"), "yjs": kind == "yjs",
+                          "per_room": per_room, "period": period, "index": index, "workers": WORKERS}
+                self.workers.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(config)],
+                                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        except BaseException:
+            self.close()
+            raise
+        self.connections = 0
+        self.steps = 0
+
+    def _tell(self, command: str) -> None:
+        for worker in self.workers:
+            assert worker.stdin is not None
+            worker.stdin.write(command + "\n")
+            worker.stdin.flush()
+
+    def _answers(self, what: str, timeout: float) -> list[str]:
+        """Each worker's one-line answer to ``what`` it was told."""
+        answers = []
+        for worker in self.workers:
+            assert worker.stdout is not None
+            answer = worker.stdout.readline() if select.select([worker.stdout], [], [], timeout)[0] else ""
+            if not answer:
+                raise RuntimeError(f"a load worker of {self.kind} did not answer {what!r} within {timeout:g} s")
+            answers.append(answer)
+        return answers
+
+    def step(self, rooms: int, duration: float, warmup: float | None = None) -> dict[str, Any]:
+        """Load the first ``rooms`` rooms for ``warmup + duration`` s; figures of the last ``duration`` s.
+
+        ``warmup`` defaults to ``WARMUP_SECONDS`` (``YJS_WARMUP_SECONDS`` for
+        a y-websocket server's first step).
+        """
+        if warmup is None:
+            warmup = YJS_WARMUP_SECONDS if self.kind == "yjs" and self.steps == 0 else WARMUP_SECONDS
+        active = rooms * self.per_room
+        self._tell(f"step {active} {warmup} {duration}")
+        self._answers("step", JOIN_TIMEOUT_SECONDS)  # "ready": connected, updates made
+        self.connections = max(self.connections, active)
+        kib_per_connection = (self.server.rss_bytes() - self.rss_idle) / self.connections / 1024
+        sends_from = time.monotonic() + GO_MARGIN_SECONDS
+        self._tell(f"go {int(sends_from * 1_000_000)}")
+        time.sleep(max(0.0, sends_from + warmup - time.monotonic()))
+        cpu_before, wall_before = self.server.cpu_seconds(), time.monotonic()
+        results = [json.loads(answer) for answer in self._answers("go", duration + 60)]
+        wall = time.monotonic() - wall_before
+        cpu = self.server.cpu_seconds() - cpu_before
+        self.steps += 1
+        latencies = sorted(value for result in results for value in result["latencies_us"])
+        sent = sum(result["sent"] for result in results)
+        return {
+            "server": self.kind, "rooms": rooms, "per_room": self.per_room, "connections": active,
+            "updates_sent": sent, "deliveries": len(latencies), "deliveries_expected": sent * (self.per_room - 1),
+            "acks": sum(result["acks"] for result in results), "errors": sum(result["errors"] for result in results),
+            "disconnects": sum(result["disconnects"] for result in results),
+            "deliveries_per_s": len(latencies) / duration,
+            "p50_ms": _percentile(latencies, 0.50), "p99_ms": _percentile(latencies, 0.99),
+            "max_ms": latencies[-1] / 1000 if latencies else float("nan"),
+            # Share of one core over the sending window (the tail after it is mostly idle waiting).
+            "server_cpu_s": cpu, "server_cpu_share": cpu / duration, "wall_s": wall,
+            # Of every connection the session has (a ramp step after a larger one has idle ones too).
+            "kib_per_connection": kib_per_connection,
+        }
+
+    def close(self) -> None:
+        """End the workers (they close their clients), then the server, and remove its data."""
+        for worker in self.workers:
+            if worker.stdin is not None:
+                worker.stdin.close()
+        for worker in self.workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        self.server.stop()
+        self.data_dir.cleanup()
+
+
+def run_load(kind: str, rooms: int, per_room: int, period: float, duration: float, wrapper: tuple[str, ...] = (),
+             warmup: float | None = None) -> dict[str, Any]:
+    """Start ``kind``'s server, connect ``rooms x per_room`` clients, send for ``warmup + duration`` s; return figures of the last ``duration`` s."""
+    session = Session(kind, per_room, period, wrapper)
+    try:
+        return session.step(rooms, duration, warmup)
+    finally:
+        session.close()
+
+
+def _warmup_text(warmup: float | None) -> str:
+    if warmup is not None:
+        return f"{warmup:g} s of warm-up"
+    return f"{WARMUP_SECONDS:g} s of warm-up ({YJS_WARMUP_SECONDS:g} s for a y-websocket server's first)"
 
 
 def _row(figures: dict[str, Any]) -> str:
@@ -472,9 +597,10 @@ def _cpu_per_delivery(figures: dict[str, Any]) -> float:
 
 
 def scenario(name: str, rooms: int, per_room: int, period: float, duration: float, kinds: tuple[str, ...],
-             warmup: float = WARMUP_SECONDS) -> list[dict[str, Any]]:
+             warmup: float | None = None) -> list[dict[str, Any]]:
     """Run one load against each server of ``kinds`` (the relay first) and print the comparison."""
-    print(f"{name}: {rooms} rooms x {per_room} clients, one update per client every {period:g} s, {duration:g} s after {warmup:g} s of warm-up")
+    print(f"{name}: {rooms} rooms x {per_room} clients, one update per client every {period:g} s, {duration:g} s"
+          f" after {_warmup_text(warmup)}")
     runs = {kind: run_load(kind, rooms, per_room, period, duration, warmup=warmup) for kind in kinds}
     for figures in runs.values():
         print(_row(figures))
@@ -554,27 +680,38 @@ def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = 20.0, bisec
     that kept it and the first that broke it is halved ``bisections``
     times. Each client sends 10 updates a second (half the server's
     per-connection rate limit), so the load grows by connections, as it does
-    in real use. The servers' searches take turns, one run each, so that a
-    slow spell of the shared machine falls on every server's search alike
-    rather than on one server's whole ramp.
+    in real use. Each server runs once for its whole search (a
+    :class:`Session`): its clients stay connected, a step adds the rooms it
+    needs and a smaller step leaves the others idle. The servers' searches
+    take turns, one step each, so that a slow spell of the shared machine
+    falls on every server's search alike rather than on one server's whole ramp.
     """
     period = 0.1
     print(f"ramp: rooms of 4 clients, one update per client every {period:g} s, rooms doubled from {RAMP_FIRST_ROOMS}"
-          f" then bisected {bisections} times, {duration:g} s per step after {WARMUP_SECONDS:g} s of warm-up,"
+          f" then bisected {bisections} times, {duration:g} s per step after {_warmup_text(None)},"
           f" p99 budget {budget_ms:g} ms; the servers take turns")
     rows = []
     searches = {kind: _find_limit(budget_ms, bisections) for kind in kinds}
     next_rooms = {kind: next(search) for kind, search in searches.items()}
-    while next_rooms:
-        for kind in list(next_rooms):
-            figures = run_load(kind, next_rooms[kind], 4, period, duration)
-            figures["scenario"] = "ramp"
-            rows.append(figures)
-            print(_row(figures), flush=True)
-            try:
-                next_rooms[kind] = searches[kind].send(figures)
-            except StopIteration:
-                del next_rooms[kind]
+    sessions: dict[str, Session] = {}
+    try:
+        while next_rooms:
+            for kind in list(next_rooms):
+                if kind not in sessions:
+                    sessions[kind] = Session(kind, 4, period)
+                session = sessions[kind]
+                figures = session.step(next_rooms[kind], duration)
+                figures["scenario"] = "ramp"
+                rows.append(figures)
+                print(_row(figures), flush=True)
+                try:
+                    next_rooms[kind] = searches[kind].send(figures)
+                except StopIteration:
+                    del next_rooms[kind]
+                    sessions.pop(kind).close()
+    finally:
+        for session in sessions.values():
+            session.close()
     best_by_server = _limits(rows, budget_ms)
     for kind in kinds:
         if kind in best_by_server:
@@ -718,7 +855,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(_Worker(json.loads(args.worker)).run())
+            runner.run(_Worker(json.loads(args.worker)).serve())
         return 0
     if args.from_json:
         if not args.plot:
@@ -735,9 +872,9 @@ def main() -> int:
         rows += scenario("crowd", 1, 200, 2.0, 8, ("relay", "loopsync", "yjs"))
         rows += ramp(4, ("relay", *floor, "loopsync", "loopsync-memory", "yjs"))
     else:
-        rows = scenario("rooms", 500, 4, 0.5, 4, ("relay", "loopsync", "yjs"))
-        rows += scenario("crowd", 1, 200, 2.0, 4, ("relay", "loopsync", "yjs"))
-        rows += ramp(3, ("relay", *floor, "loopsync"), bisections=QUICK_RAMP_BISECTIONS)
+        rows = scenario("rooms", 500, 4, 0.5, 3, ("relay", "loopsync"))
+        rows += scenario("crowd", 1, 200, 2.0, 3, ("relay", "loopsync"))
+        rows += ramp(2, ("relay", *floor, "loopsync"), bisections=QUICK_RAMP_BISECTIONS)
     if args.json:
         args.json.write_text(json.dumps({"disk": disk, "runs": rows}, indent=1))
     if args.plot:

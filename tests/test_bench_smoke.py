@@ -75,6 +75,22 @@ def test_fanout_smoke(tmp_path: Path) -> None:
     assert [run["server"] for run in figures["runs"]] == list(servers)
 
 
+def test_fanout_session_keeps_its_clients_from_step_to_step() -> None:
+    """A ramp's steps against one server: a larger step adds rooms, a smaller one leaves the rest idle, every step delivers all it sent (y-websocket's later steps too)."""
+    for kind in ("loopsync", "yjs"):
+        session = fanout.Session(kind, 4, 0.25)
+        try:
+            rows = [session.step(rooms, 1.0, warmup=0.5) for rooms in (2, 4, 1)]
+        finally:
+            session.close()
+        assert [row["connections"] for row in rows] == [8, 16, 4], kind
+        assert session.connections == 16 and session.steps == 3
+        for row in rows:
+            assert row["updates_sent"] >= 3 * row["connections"], (kind, row)
+            assert row["deliveries"] == row["deliveries_expected"] == 3 * row["updates_sent"], (kind, row)
+            assert row["acks"] == row["updates_sent"] and row["errors"] == 0 and row["disconnects"] == 0, (kind, row)
+
+
 def test_instructions_smoke(tmp_path: Path) -> None:
     """bench/instructions.py --smoke (needs valgrind): the relay and loopsync counted per update, loopsync as a multiple of the relay."""
     result = run_bench("instructions.py", "--smoke", "--json", str(tmp_path / "instructions.json"), timeout=900)
@@ -137,7 +153,7 @@ def test_latency_checker_catches_a_loop_that_plays_stale_data() -> None:
 
 def test_fanout_load_client_reads_frames_split_at_any_byte() -> None:
     """The load client's frame parser waits for a whole header: a TCP read may end inside the extended length."""
-    worker = fanout._Worker({"url": "ws://127.0.0.1:1/ws", "snapshots": True, "members": [], "period": 1.0, "duration": 1.0})
+    worker = fanout._Worker({"url": "ws://127.0.0.1:1/ws", "snapshots": True, "per_room": 4, "period": 1.0})
     worker.measured_from_us = 0
     client = fanout._LoadClient(worker, "room", "user")
     client.upgraded = True
@@ -154,8 +170,7 @@ def test_fanout_load_client_reads_frames_split_at_any_byte() -> None:
 
 def test_fanout_yjs_updates_are_real_yjs_and_timed_by_their_mark() -> None:
     """bench/yjs/updates.js makes valid sync messages with a mark; the load client times others' updates and counts its own echo as its ack."""
-    members = [("room0", "user0", 0), ("room0", "user1", 1)]
-    updates = fanout._yjs_updates(members, 2)
+    updates = fanout._yjs_updates([("user0", 0), ("user1", 1)], 2)
     assert sorted(updates) == [0, 1] and all(len(messages) == 2 for messages in updates.values())
     message = updates[1][0]
     length = len(message) - 3  # sync (0), update (2), a one-byte varint length, the update
@@ -163,7 +178,7 @@ def test_fanout_yjs_updates_are_real_yjs_and_timed_by_their_mark() -> None:
     assert fanout._MARK.search(message) is not None and message.count(fanout._TIME_PLACEHOLDER) == 1
     assert fanout._var_uint(300) == b"\xac\x02"  # lib0: low 7 bits first
 
-    worker = fanout._Worker({"url": "ws://127.0.0.1:1", "snapshots": False, "yjs": True, "members": [], "period": 1.0, "duration": 1.0})
+    worker = fanout._Worker({"url": "ws://127.0.0.1:1", "snapshots": False, "yjs": True, "per_room": 2, "period": 1.0})
     worker.measured_from_us = 1_000
     client = fanout._LoadClient(worker, "room0", "user0", 0, updates[0])
     sent = updates[1][0].replace(fanout._TIME_PLACEHOLDER, b"t=%016d" % 2_000, 1)
