@@ -1,7 +1,7 @@
 """The baselines of the fan-out benchmark: a bare WebSocket relay on loopsync's stack, and the floor.
 
-aiohttp on the same event loop (uvloop where installed) and garbage
-collector settings, with the same WebSocket settings as ``loopsync serve``
+aiohttp on the same event loop (uvloop where installed), garbage
+collector and GIL settings, with the same WebSocket settings as ``loopsync serve``
 (no compression, 64 KiB frames, the 20 s heartbeat) and loopsync's own
 per-connection :class:`~loopsync.outbox.Outbox`, and no rules at all: no
 validation, no store, no acks. ``hello`` puts a connection in a room and every later frame goes as
@@ -33,7 +33,7 @@ from aiohttp import WSMsgType, web
 from loopsync import protocol
 from loopsync.outbox import CLOSE_TIMEOUT_SECONDS, SEND_BUFFER_BYTES, Outbox
 from loopsync.rooms import Accepted
-from loopsync.server import HEARTBEAT_SECONDS, event_loop_factory, tune_gc
+from loopsync.server import HEARTBEAT_SECONDS, event_loop_factory, tune_interpreter
 from loopsync.store import SqliteStore, StoreError
 
 
@@ -98,7 +98,7 @@ async def _main(host: str, port: int, data_dir: str | None) -> None:
     site = web.TCPSite(runner, host, port)
     await site.start()
     real_port = runner.addresses[0][1]
-    tune_gc()  # the same collector settings as loopsync serve
+    tune_interpreter()  # the same collector and GIL settings as loopsync serve
     print(f"bare relay is serving at http://{host}:{real_port}/", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
