@@ -251,7 +251,7 @@ class _Worker:
         self.per_room: int = config["per_room"]
         self.period: float = config["period"]
         self.index: int = config.get("index", 0)
-        self.workers: int = config.get("workers", 1)
+        self.worker_count: int = config.get("workers", 1)
         self.clients: dict[int, _LoadClient] = {}
         """Connected members by index; a member whose connection the server closed is dropped, and joins again at the next step."""
         self.stats: dict[str, Any] = {}
@@ -314,7 +314,7 @@ class _Worker:
         """Connect this worker's members among the first ``active`` that are not, and make what they will send."""
         loop = asyncio.get_running_loop()
         host, port = self.host.rsplit(":", 1)
-        missing = [index for index in range(self.index, active, self.workers) if index not in self.clients]
+        missing = [index for index in range(self.index, active, self.worker_count) if index not in self.clients]
         self.ready.clear()
         self.joining = len(missing)
         for index in missing:
@@ -332,7 +332,7 @@ class _Worker:
         if missing:
             await asyncio.wait_for(self.ready.wait(), JOIN_TIMEOUT_SECONDS)
         self.warmup, self.duration = warmup, duration
-        self.senders = [self.clients[index] for index in range(self.index, active, self.workers)]
+        self.senders = [client for index in range(self.index, active, self.worker_count) if (client := self.clients.get(index))]
         if self.yjs:  # each step's updates come from new Yjs clients (see _yjs_updates)
             updates = _yjs_updates([(client.user, client.index) for client in self.senders], self._sends(), self.steps)
             for client in self.senders:
