@@ -403,9 +403,10 @@ class Server:
     process: subprocess.Popen[str]
     ws_url: str
 
-    def cpu_seconds(self) -> float:
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time the server has used so far, all its threads: (in user space, in the kernel)."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -534,10 +535,11 @@ class Session:
         sends_from = time.monotonic() + GO_MARGIN_SECONDS
         self._tell(f"go {int(sends_from * 1_000_000)}")
         time.sleep(max(0.0, sends_from + warmup - time.monotonic()))
-        cpu_before, wall_before = self.server.cpu_seconds(), time.monotonic()
+        (user_before, system_before), wall_before = self.server.cpu_seconds(), time.monotonic()
         results = [json.loads(answer) for answer in self._answers("go", duration + 60)]
         wall = time.monotonic() - wall_before
-        cpu = self.server.cpu_seconds() - cpu_before
+        user_after, system_after = self.server.cpu_seconds()
+        user, system = user_after - user_before, system_after - system_before
         self.steps += 1
         latencies = sorted(value for result in results for value in result["latencies_us"])
         sent = sum(result["sent"] for result in results)
@@ -550,7 +552,8 @@ class Session:
             "p50_ms": _percentile(latencies, 0.50), "p99_ms": _percentile(latencies, 0.99),
             "max_ms": latencies[-1] / 1000 if latencies else float("nan"),
             # Share of one core over the sending window (the tail after it is mostly idle waiting).
-            "server_cpu_s": cpu, "server_cpu_share": cpu / duration, "wall_s": wall,
+            "server_cpu_s": user + system, "server_cpu_share": (user + system) / duration, "wall_s": wall,
+            "server_user_s": user, "server_system_s": system,
             # Of every connection the session has (a ramp step after a larger one has idle ones too).
             "kib_per_connection": kib_per_connection,
         }
@@ -592,8 +595,19 @@ def _row(figures: dict[str, Any]) -> str:
             f"  {figures['kib_per_connection']:5.1f} KiB/conn  errors {figures['errors']}")
 
 
-def _cpu_per_delivery(figures: dict[str, Any]) -> float:
-    return float(figures["server_cpu_s"]) / max(int(figures["deliveries"]), 1)
+def _microseconds_per_delivery(figures: dict[str, Any]) -> str:
+    deliveries = max(int(figures["deliveries"]), 1)
+    return (f"{figures['server_cpu_s'] / deliveries * 1e6:.1f} µs of CPU per delivery (user space"
+            f" {figures['server_user_s'] / deliveries * 1e6:.1f}, kernel {figures['server_system_s'] / deliveries * 1e6:.1f})")
+
+
+def _times(figures: dict[str, Any], baseline: dict[str, Any], part: str) -> str:
+    """Server CPU per delivery as a multiple of the baseline's: all of it (``cpu``), or in ``user`` space or the kernel (``system``) only."""
+    def per_delivery(run: dict[str, Any]) -> float:
+        return float(run[f"server_{part}_s"]) / max(int(run["deliveries"]), 1)
+    if not per_delivery(baseline):
+        return "n/a"  # /proc counts CPU in ticks of 10 ms: a short run may show none
+    return f"{per_delivery(figures) / per_delivery(baseline):.2f}x"
 
 
 def scenario(name: str, rooms: int, per_room: int, period: float, duration: float, kinds: tuple[str, ...],
@@ -608,7 +622,8 @@ def scenario(name: str, rooms: int, per_room: int, period: float, duration: floa
     relay = runs["relay"]
     for kind in kinds[1:]:
         print(f"  {kind} / relay throughput: {runs[kind]['deliveries_per_s'] / relay['deliveries_per_s']:.2f}"
-              f"  cpu per delivery: {_cpu_per_delivery(runs[kind]) / _cpu_per_delivery(relay):.2f}x")
+              f"  cpu per delivery: {_times(runs[kind], relay, 'cpu')} (user space {_times(runs[kind], relay, 'user')},"
+              f" kernel {_times(runs[kind], relay, 'system')})")
     return list(runs.values())
 
 
@@ -717,7 +732,8 @@ def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = 20.0, bisec
         if kind in best_by_server:
             best = best_by_server[kind]
             print(f"  {kind}: most under the budget: {best['deliveries_per_s']:,.0f} deliveries/s"
-                  f" ({best['connections']} connections) at p99 {best['p99_ms']:.2f} ms")
+                  f" ({best['connections']} connections) at p99 {best['p99_ms']:.2f} ms,"
+                  f" {best['server_cpu_share']:.0%} of a core: {_microseconds_per_delivery(best)}")
     for kind, baseline in (("loopsync", "relay"), ("loopsync-memory", "relay"), ("yjs", "relay"), ("floor", "relay"),
                            ("loopsync", "floor"), ("loopsync", "yjs"), ("loopsync-memory", "yjs")):
         if kind in best_by_server and baseline in best_by_server:
