@@ -582,10 +582,12 @@ def run_load(kind: str, rooms: int, per_room: int, period: float, duration: floa
         session.close()
 
 
-def _warmup_text(warmup: float | None) -> str:
+def _warmup_text(warmup: float | None, kinds: tuple[str, ...]) -> str:
     if warmup is not None:
         return f"{warmup:g} s of warm-up"
-    return f"{WARMUP_SECONDS:g} s of warm-up ({YJS_WARMUP_SECONDS:g} s for a y-websocket server's first)"
+    if "yjs" not in kinds:
+        return f"{WARMUP_SECONDS:g} s of warm-up"
+    return f"{WARMUP_SECONDS:g} s of warm-up ({YJS_WARMUP_SECONDS:g} s for the y-websocket server's first)"
 
 
 def _row(figures: dict[str, Any]) -> str:
@@ -614,7 +616,7 @@ def scenario(name: str, rooms: int, per_room: int, period: float, duration: floa
              warmup: float | None = None) -> list[dict[str, Any]]:
     """Run one load against each server of ``kinds`` (the relay first) and print the comparison."""
     print(f"{name}: {rooms} rooms x {per_room} clients, one update per client every {period:g} s, {duration:g} s"
-          f" after {_warmup_text(warmup)}")
+          f" after {_warmup_text(warmup, kinds)}")
     runs = {kind: run_load(kind, rooms, per_room, period, duration, warmup=warmup) for kind in kinds}
     for figures in runs.values():
         print(_row(figures))
@@ -703,7 +705,7 @@ def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = 20.0, bisec
     """
     period = 0.1
     print(f"ramp: rooms of 4 clients, one update per client every {period:g} s, rooms doubled from {RAMP_FIRST_ROOMS}"
-          f" then bisected {bisections} times, {duration:g} s per step after {_warmup_text(None)},"
+          f" then bisected {bisections} times, {duration:g} s per step after {_warmup_text(None, kinds)},"
           f" p99 budget {budget_ms:g} ms; the servers take turns")
     rows = []
     searches = {kind: _find_limit(budget_ms, bisections) for kind in kinds}
