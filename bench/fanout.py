@@ -861,7 +861,7 @@ def write_plot(svg: str, path: Path, chromium: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description="loopsync fan-out against a bare relay")
     parser.add_argument("--long", action="store_true",
-                        help="the full version: longer runs, every server in the ramp, a finer search (six to nine minutes)")
+                        help="the full version: longer runs, every server in every scenario, a finer search (five to nine minutes)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds of small load (for the test suite)")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--floor", action="store_true",
