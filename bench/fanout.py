@@ -65,6 +65,7 @@ import re
 import select
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -629,6 +630,64 @@ def scenario(name: str, rooms: int, per_room: int, period: float, duration: floa
     return list(runs.values())
 
 
+COST_ROOMS = 150
+COST_ROUNDS = 3
+
+
+def _cpu_per_delivery(figures: dict[str, Any]) -> float:
+    return float(figures["server_cpu_s"]) / max(int(figures["deliveries"]), 1) * 1e6
+
+
+def cost(duration: float, kinds: tuple[str, ...], rooms: int = COST_ROOMS, rounds: int = COST_ROUNDS,
+         warmup: float | None = None) -> list[dict[str, Any]]:
+    """Each server's CPU per delivery at one load, the servers taking turns ``rounds`` times (the relay first).
+
+    A ramp's limit moves with the machine's speed and with every stall of
+    its disk; CPU per delivery at one load moves far less, and a server
+    that needs k times another's CPU per delivery delivers at most 1/k of
+    it on the same core. The load (600 connections, 18,000 deliveries/s by
+    default) is under every server's limit, and each round runs every
+    server once in turn, so a slow spell of the machine falls on all of
+    them; each ratio is the median of the rounds' ratios.
+    """
+    period = 0.1
+    print(f"cost: {rooms} rooms x 4 clients, one update per client every {period:g} s, {rounds} rounds of {duration:g} s"
+          f" after {_warmup_text(warmup, kinds)}; the servers take turns")
+    rounds_rows: list[dict[str, dict[str, Any]]] = []
+    sessions: dict[str, Session] = {}
+    try:
+        for kind in kinds:
+            sessions[kind] = Session(kind, 4, period)
+        for _ in range(rounds):
+            row = {}
+            for kind in kinds:
+                row[kind] = figures = sessions[kind].step(rooms, duration, warmup)
+                figures["scenario"] = "cost"
+            rounds_rows.append(row)
+    finally:
+        for session in sessions.values():
+            session.close()
+    for kind in kinds:
+        runs = [row[kind] for row in rounds_rows]
+        cpus = [_cpu_per_delivery(run) for run in runs]
+        p99s = ", ".join(f"{run['p99_ms']:.1f}" for run in runs)
+        print(f"  {kind:<15} {runs[0]['connections']:>5} conns  CPU per delivery {', '.join(f'{cpu:.1f}' for cpu in cpus)} µs"
+              f" (median {statistics.median(cpus):.1f})  p99 {p99s} ms"
+              f"  deliveries {sum(run['deliveries'] for run in runs)}/{sum(run['deliveries_expected'] for run in runs)}"
+              f"  errors {sum(run['errors'] for run in runs)}")
+    for kind in kinds[1:]:
+        # /proc counts CPU in ticks of 10 ms: a short round may show none
+        ratios = [_cpu_per_delivery(row[kind]) / _cpu_per_delivery(row["relay"]) for row in rounds_rows
+                  if _cpu_per_delivery(row["relay"]) and _cpu_per_delivery(row[kind])]
+        if not ratios:
+            print(f"  {kind} / relay, CPU per delivery: n/a")
+            continue
+        times = statistics.median(ratios)
+        print(f"  {kind} / relay, CPU per delivery: {times:.2f}x ({', '.join(f'{ratio:.2f}' for ratio in ratios)}),"
+              f" so at most {1 / times:.2f} of the relay's deliveries on the same CPU")
+    return [row[kind] for row in rounds_rows for kind in kinds]
+
+
 RAMP_FIRST_ROOMS = 100
 RAMP_MAX_ROOMS = 1600
 RAMP_BISECTIONS = 4
@@ -865,7 +924,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="a few seconds of small load (for the test suite)")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--floor", action="store_true",
-                        help="also ramp the floor (bare_relay.py --durable: parse, commit, ack, pass on; no rules)")
+                        help="also run the floor (bare_relay.py --durable: parse, commit, ack, pass on; no rules) in the ramp, and the cost scenario")
     parser.add_argument("--plot", type=Path, help="draw the ramp (p99 against deliveries/s) to this .svg or .png (a PNG needs Chromium)")
     parser.add_argument("--from-json", type=Path, metavar="JSON", help="with --plot: draw a run saved with --json, run nothing")
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium binary that renders a PNG")
@@ -888,10 +947,13 @@ def main() -> int:
     elif args.long:
         rows = scenario("rooms", 500, 4, 0.5, 10, ("relay", "loopsync", "yjs"))
         rows += scenario("crowd", 1, 200, 2.0, 8, ("relay", "loopsync", "yjs"))
+        rows += cost(2, ("relay", *floor, "loopsync"))
         rows += ramp(4, ("relay", *floor, "loopsync", "loopsync-memory", "yjs"))
     else:
         rows = scenario("rooms", 500, 4, 0.5, 3, ("relay", "loopsync"))
         rows += scenario("crowd", 1, 200, 2.0, 3, ("relay", "loopsync"))
+        if args.floor:
+            rows += cost(2, ("relay", *floor, "loopsync"))
         rows += ramp(2, ("relay", *floor, "loopsync"), bisections=QUICK_RAMP_BISECTIONS)
     if args.json:
         args.json.write_text(json.dumps({"disk": disk, "runs": rows}, indent=1))

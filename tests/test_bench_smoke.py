@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from loopsync.client import Event
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -89,6 +91,20 @@ def test_fanout_session_keeps_its_clients_from_step_to_step() -> None:
             assert row["updates_sent"] >= 3 * row["connections"], (kind, row)
             assert row["deliveries"] == row["deliveries_expected"] == 3 * row["updates_sent"], (kind, row)
             assert row["acks"] == row["updates_sent"] and row["errors"] == 0 and row["disconnects"] == 0, (kind, row)
+
+
+def test_fanout_cost_runs_the_servers_in_turns_and_names_each_multiple(capsys: pytest.CaptureFixture[str]) -> None:
+    """The cost scenario: every server once per round, in turn, every update delivered; each server's CPU per delivery as a multiple of the relay's."""
+    rows = fanout.cost(0.5, ("relay", "floor", "loopsync"), rooms=2, rounds=2, warmup=0.3)
+    out = capsys.readouterr().out
+    assert [row["server"] for row in rows] == ["relay", "floor", "loopsync"] * 2
+    for row in rows:
+        assert row["scenario"] == "cost" and row["connections"] == 8
+        assert row["deliveries"] == row["deliveries_expected"] > 0 and row["errors"] == 0, row
+    for kind in ("relay", "floor", "loopsync"):
+        assert re.search(rf"^  {kind} +8 conns  CPU per delivery [\d.]+, [\d.]+ µs \(median [\d.]+\) .*errors 0$", out, re.MULTILINE), out
+    for kind in ("floor", "loopsync"):
+        assert re.search(rf"^  {kind} / relay, CPU per delivery: (n/a|\d+\.\d\dx .*at most \d+\.\d\d of the relay's)", out, re.MULTILINE), out
 
 
 def test_instructions_smoke(tmp_path: Path) -> None:
