@@ -20,7 +20,11 @@ bisected four times):
   rooms doubled from 100 until p99 passes 20 ms (a near miss, or a miss
   with CPU to spare, gets a second run), then bisected, to find the most
   deliveries per second with p99 under 20 ms. Each server runs once for its
-  whole ramp and keeps its clients from one step to the next.
+  whole ramp and keeps its clients from one step to the next;
+- ``cost`` (with ``--floor`` or ``--long``): 150 rooms of 4 at the ramp's
+  rate, under every server's limit, the servers taking turns three times:
+  each server's CPU per delivery as a multiple of the relay's, which bounds
+  the share of the relay's deliveries it can make on the same CPU.
 
 With ``--long`` every scenario also runs the stock
 y-websocket server (``yjs``: Yjs on Node.js, what a JavaScript developer
@@ -45,7 +49,7 @@ on disk inherits every stall of that disk, whatever its code.
 
 Reports deliveries per second, latency p50/p99/max, server CPU seconds and
 memory per connection, and each server's throughput as a ratio of the relay's.
-``--floor`` adds the floor to the ramp (``bare_relay.py --durable``), which
+``--floor`` adds the floor to the ramp and the cost scenario (``bare_relay.py --durable``), which
 parses, commits, acknowledges and passes on every frame and does nothing
 else, to tell what DESIGN.md's rules cost on this stack from what loopsync's
 code costs (a few minutes more). ``--smoke`` runs a few seconds of a
@@ -947,7 +951,7 @@ def main() -> int:
     elif args.long:
         rows = scenario("rooms", 500, 4, 0.5, 10, ("relay", "loopsync", "yjs"))
         rows += scenario("crowd", 1, 200, 2.0, 8, ("relay", "loopsync", "yjs"))
-        rows += cost(2, ("relay", *floor, "loopsync"))
+        rows += cost(2, ("relay", *floor, "loopsync", "loopsync-memory", "yjs"))
         rows += ramp(4, ("relay", *floor, "loopsync", "loopsync-memory", "yjs"))
     else:
         rows = scenario("rooms", 500, 4, 0.5, 3, ("relay", "loopsync"))
