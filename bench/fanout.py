@@ -647,7 +647,8 @@ def cost(duration: float, kinds: tuple[str, ...], rooms: int = COST_ROOMS, round
     """Each server's CPU per delivery at one load, the servers taking turns ``rounds`` times (the relay first).
 
     A ramp's limit moves with the machine's speed and with every stall of
-    its disk; CPU per delivery at one load moves far less, and a server
+    its disk; CPU per delivery at one load moves less (a slow spell of the
+    machine still moves it), and a server
     that needs k times another's CPU per delivery delivers at most 1/k of
     it on the same core. The load (600 connections, 18,000 deliveries/s by
     default) is under every server's limit, and each round runs every
