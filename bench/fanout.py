@@ -602,19 +602,21 @@ def _row(figures: dict[str, Any]) -> str:
             f"  {figures['kib_per_connection']:5.1f} KiB/conn  errors {figures['errors']}")
 
 
+def _cpu_per_delivery(figures: dict[str, Any], part: str = "cpu") -> float:
+    """Server CPU per delivery in µs: all of it (``cpu``), or in ``user`` space or the kernel (``system``) only."""
+    return float(figures[f"server_{part}_s"]) / max(int(figures["deliveries"]), 1) * 1e6
+
+
 def _microseconds_per_delivery(figures: dict[str, Any]) -> str:
-    deliveries = max(int(figures["deliveries"]), 1)
-    return (f"{figures['server_cpu_s'] / deliveries * 1e6:.1f} µs of CPU per delivery (user space"
-            f" {figures['server_user_s'] / deliveries * 1e6:.1f}, kernel {figures['server_system_s'] / deliveries * 1e6:.1f})")
+    return (f"{_cpu_per_delivery(figures):.1f} µs of CPU per delivery (user space"
+            f" {_cpu_per_delivery(figures, 'user'):.1f}, kernel {_cpu_per_delivery(figures, 'system'):.1f})")
 
 
 def _times(figures: dict[str, Any], baseline: dict[str, Any], part: str) -> str:
-    """Server CPU per delivery as a multiple of the baseline's: all of it (``cpu``), or in ``user`` space or the kernel (``system``) only."""
-    def per_delivery(run: dict[str, Any]) -> float:
-        return float(run[f"server_{part}_s"]) / max(int(run["deliveries"]), 1)
-    if not per_delivery(baseline):
+    """Server CPU per delivery as a multiple of the baseline's (``part`` as in :func:`_cpu_per_delivery`)."""
+    if not _cpu_per_delivery(baseline, part):
         return "n/a"  # /proc counts CPU in ticks of 10 ms: a short run may show none
-    return f"{per_delivery(figures) / per_delivery(baseline):.2f}x"
+    return f"{_cpu_per_delivery(figures, part) / _cpu_per_delivery(baseline, part):.2f}x"
 
 
 def scenario(name: str, rooms: int, per_room: int, period: float, duration: float, kinds: tuple[str, ...],
@@ -636,10 +638,6 @@ def scenario(name: str, rooms: int, per_room: int, period: float, duration: floa
 
 COST_ROOMS = 150
 COST_ROUNDS = 3
-
-
-def _cpu_per_delivery(figures: dict[str, Any]) -> float:
-    return float(figures["server_cpu_s"]) / max(int(figures["deliveries"]), 1) * 1e6
 
 
 def cost(duration: float, kinds: tuple[str, ...], rooms: int = COST_ROOMS, rounds: int = COST_ROUNDS,
