@@ -101,7 +101,10 @@ such warm-up."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 QUIET_SECONDS = 0.5
 """A worker stops listening once nothing has come for this long after its last send
-(25 times the p99 budget: a delivery later than that is as good as lost)."""
+(25 times the p99 budget: a delivery later than that is as good as lost), and,
+against a server that acknowledges, once every update it sent in the window is
+acknowledged or refused: a commit that waits out a stall of the disk holds back
+the acks and the deliveries of the updates behind it alike."""
 JOINS_IN_FLIGHT = 32
 """Clients of one worker that may be joining at once (connected, not yet in their room)."""
 
@@ -253,6 +256,8 @@ class _Worker:
         self.host = config["url"].split("/")[2]
         self.snapshots: bool = config["snapshots"]
         self.yjs: bool = config.get("yjs", False)
+        self.acks: bool = config.get("acks", False)
+        """The server acknowledges each update (all but the relay; y-websocket's echo counts)."""
         self.per_room: int = config["per_room"]
         self.period: float = config["period"]
         self.index: int = config.get("index", 0)
@@ -344,6 +349,10 @@ class _Worker:
                 client.yjs_updates = iter(updates[client.index])
         self.steps += 1
 
+    def _unanswered(self) -> bool:
+        stats = self.stats
+        return self.acks and not stats["disconnects"] and stats["acks"] + stats["errors"] < stats["sent"]
+
     def _sends(self) -> int:
         return int((self.warmup + self.duration) / self.period)
 
@@ -359,9 +368,10 @@ class _Worker:
             for number in range(self._sends()):
                 loop.call_at(start + number * self.period, client.send_part)
         await asyncio.sleep(sends_from + self.warmup + self.duration + self.period - time.monotonic())
-        # Let the last deliveries arrive: until nothing has come for QUIET_SECONDS, at most 10 s.
+        # Let the last deliveries arrive: until nothing has come for QUIET_SECONDS
+        # and every update sent is answered (unless a client was closed), at most 10 s.
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and time.monotonic() - self.last_receive < QUIET_SECONDS:
+        while time.monotonic() < deadline and (time.monotonic() - self.last_receive < QUIET_SECONDS or self._unanswered()):
             await asyncio.sleep(0.1)
         return {**self.stats, "latencies_us": self.latencies_us}
 
@@ -497,7 +507,7 @@ class Session:
         try:
             self.rss_idle = self.server.rss_bytes()
             for index in range(WORKERS):
-                config = {"url": self.server.ws_url, "snapshots": kind.startswith("loopsync"), "yjs": kind == "yjs",
+                config = {"url": self.server.ws_url, "snapshots": kind.startswith("loopsync"), "yjs": kind == "yjs", "acks": kind != "relay",
                           "per_room": per_room, "period": period, "index": index, "workers": WORKERS}
                 self.workers.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(config)],
                                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))

@@ -184,6 +184,20 @@ def test_fanout_load_client_reads_frames_split_at_any_byte() -> None:
         assert len(worker.latencies_us) == 3, f"split at byte {cut}"
 
 
+def test_fanout_worker_waits_for_every_answer_from_a_server_that_acknowledges() -> None:
+    """A worker keeps listening while an update it sent is neither acknowledged nor refused (a stalled commit holds back its deliveries too); not for the relay, nor once a client was closed."""
+    worker = fanout._Worker({"url": "ws://127.0.0.1:1/ws", "snapshots": True, "acks": True, "per_room": 4, "period": 1.0})
+    worker.stats.update(sent=3, acks=1, errors=1)
+    assert worker._unanswered()
+    worker.stats["acks"] = 2
+    assert not worker._unanswered()
+    worker.stats.update(acks=0, errors=0, disconnects=1)
+    assert not worker._unanswered()
+    relay_worker = fanout._Worker({"url": "ws://127.0.0.1:1/ws", "snapshots": False, "per_room": 4, "period": 1.0})
+    relay_worker.stats.update(sent=3)
+    assert not relay_worker._unanswered()
+
+
 def test_fanout_yjs_updates_are_real_yjs_and_timed_by_their_mark() -> None:
     """bench/yjs/updates.js makes valid sync messages with a mark; the load client times others' updates and counts its own echo as its ack."""
     updates = fanout._yjs_updates([("user0", 0), ("user1", 1)], 2)
