@@ -66,17 +66,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import select
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import Browser, BrowserContext, Page, Route, sync_playwright
+
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (bench/harness.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -93,19 +94,7 @@ BLOCK_PHASE_SECONDS = 1.75
 TAIL_SECONDS = 0.5
 """Recorded past the last step's window before the recorder is read."""
 
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--autoplay-policy=no-user-gesture-required",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    # Several pages play at once: none may have its timers throttled as a
-    # background page (that would handicap the baseline, not the test's block).
-    "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-]
+CHROMIUM_ARGS = harness.CHROMIUM_ARGS
 
 PAGES = ("loopsync", "baseline")
 
@@ -376,28 +365,6 @@ def run_all(browser: Browser, server_url: str, seconds: float, serial: bool = Fa
 # -- server, report ----------------------------------------------------------------
 
 
-class Server:
-    """``python -m loopsync serve --store memory --port 0`` as a subprocess."""
-
-    def __init__(self, data_dir: Path) -> None:
-        command = [sys.executable, "-m", "loopsync", "serve", "--host", "127.0.0.1", "--port", "0",
-                   "--store", "memory", "--data", str(data_dir)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], 30)
-        line = self.process.stdout.readline() if ready else ""
-        prefix = "loopsync is serving at "
-        if not line.startswith(prefix):
-            self.close()
-            raise RuntimeError(f"loopsync serve did not start: {line!r}")
-        self.url = line[len(prefix):].split(" ", 1)[0]
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-        self.process.wait(timeout=10)
-
-
 def table(figures: list[Figures]) -> str:
     header = ("page", "condition", "expected", "found", "missing", "extra", "off grid", "max err (samples)", "std (samples)",
               "drift (ppm)", "blocks", "target")
@@ -482,19 +449,6 @@ def svg_plot(figures: list[Figures], condition: str = "block300") -> str:
     return "\n".join(out) + "\n"
 
 
-def write_plot(browser: Browser, svg: str, path: Path) -> None:
-    """Write the plot as SVG, or as PNG rendered by the browser at hand (no plotting library needed)."""
-    if path.suffix.lower() != ".png":
-        path.write_text(svg)
-        return
-    page = browser.new_page()
-    try:
-        page.set_content(f'<html><body style="margin:0">{svg}</body></html>')
-        page.locator("svg").screenshot(path=str(path))
-    finally:
-        page.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="loopsync's audio-thread clock against a main-thread lookahead scheduler")
     parser.add_argument("--seconds", type=float, default=None, help=f"seconds per run (default {DEFAULT_SECONDS:g})")
@@ -511,19 +465,15 @@ def main(argv: list[str] | None = None) -> int:
     if seconds < 4:
         parser.error("--seconds must be at least 4")
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as data_dir, sync_playwright() as playwright:
-        server = Server(Path(data_dir))
+    with sync_playwright() as playwright, harness.ServerProcess("loopsync-memory") as server:
+        browser = playwright.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
+        version = browser.version
         try:
-            browser = playwright.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
-            version = browser.version
-            try:
-                figures = run_all(browser, server.url, seconds, serial=args.serial)
-                if args.plot:
-                    write_plot(browser, svg_plot(figures), args.plot)
-            finally:
-                browser.close()
+            figures = run_all(browser, server.http_urls[0], seconds, serial=args.serial)
+            if args.plot:
+                harness.write_svg(svg_plot(figures), args.plot, browser=browser)
         finally:
-            server.close()
+            browser.close()
     elapsed = time.monotonic() - started
     mode = "one condition at a time" if args.serial else "all six runs at once"
     print(f"clock accuracy: {seconds:g} s per run, sixteenths at {BPM} BPM "

@@ -60,69 +60,19 @@ import asyncio
 import json
 import math
 import random
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import harness
 from loopsync.client import Client, Event
 
 ROOM = "latency"
 STEPS = 16
 KEPT_EVENTS = frozenset({"edit", "sync", "sync_missed", "loop_start", "received", "ack", "connected", "disconnected", "error"})
-
-
-# -- the server under test --------------------------------------------------------------
-
-
-class ServeProcess:
-    """``python -m loopsync serve --store sqlite`` as a subprocess; restartable on its port and directory."""
-
-    def __init__(self, data_dir: Path, port: int = 0) -> None:
-        self.data_dir = data_dir
-        self.port = port
-        self.log_path = data_dir.parent / "serve.log"
-        self.process: asyncio.subprocess.Process | None = None
-        self.starts = 0
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    async def start(self) -> None:
-        """Start (on a free port the first time, on the same port after) and wait for its banner."""
-        command = [sys.executable, "-m", "loopsync", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--store", "sqlite", "--data", str(self.data_dir)]
-        with open(self.log_path, "ab") as log_file:
-            self.process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, stderr=log_file)
-        assert self.process.stdout is not None
-        try:
-            line = (await asyncio.wait_for(self.process.stdout.readline(), 30)).decode()
-        except asyncio.TimeoutError:
-            line = ""
-        prefix = "loopsync is serving at http://127.0.0.1:"
-        if not line.startswith(prefix):
-            await self.stop(signal.SIGKILL)
-            raise RuntimeError(f"loopsync serve did not start: {line!r}; log: {self.log_path.read_text()[-2000:]}")
-        self.port = int(line[len(prefix):].split("/", 1)[0])
-        self.starts += 1
-
-    async def stop(self, signal_number: int = signal.SIGTERM) -> int | None:
-        """Send a signal (SIGTERM: clean shutdown; SIGKILL: none at all) and wait for the exit."""
-        process = self.process
-        if process is None:
-            return None
-        if process.returncode is None:
-            process.send_signal(signal_number)
-        try:
-            return await asyncio.wait_for(process.wait(), 30)
-        except asyncio.TimeoutError:
-            process.kill()
-            return await process.wait()
 
 
 # -- figures --------------------------------------------------------------------------
@@ -392,23 +342,13 @@ def report(figures: dict[str, Any], seconds: float) -> str:
 
 async def run_benchmark(seconds: float, bpm_a: float, bpm_b: float, lead: float, mean_gap: float, seed: int) -> dict[str, Any]:
     """Start a SQLite server in a temporary directory, record a run against it, analyse it."""
-    with tempfile.TemporaryDirectory(prefix="loopsync-latency-") as tmp:
-        server = ServeProcess(Path(tmp) / "data")
-        await server.start()
-        try:
-            run = await record(server.ws_url, bpm_a, bpm_b, lead, seconds, mean_gap, seed)
-        finally:
-            await server.stop()
+    with harness.ServerProcess("loopsync") as server:
+        run = await record(server.ws_url, bpm_a, bpm_b, lead, seconds, mean_gap, seed)
     return analyse(run)
 
 
 # -- the same with two browser pages ------------------------------------------------------
 
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows",
-]
 
 # Stamps every event the page records with performance.timeOrigin + performance.now() (one clock
 # for every page of the browser), and keeps them in an unbounded list of our own. Alice's sync also
@@ -420,7 +360,8 @@ _INSTRUMENT_JS = """() => {
   app._event = (event) => {
     const copy = { ...event, t: performance.timeOrigin + performance.now() };
     if (event.type === 'sync') {
-      const others = app.posted.get(event.id) || {};
+      const posted = app.posted.get(event.id);
+      const others = (posted && posted.others) || {};
       copy.alice = others.alice ? others.alice.steps.join('') : null;
       if (event.sent > 0) {
         const update = app.connection.sentLog.filter((m) => m.type === 'update').at(-1);
@@ -452,23 +393,6 @@ _EDIT_JS = """({ seconds, gap, order, start }) => {
 }"""
 
 
-def _start_server_sync(data_dir: Path) -> tuple[Any, int]:
-    """``loopsync serve --store sqlite`` for the browser run (Playwright's sync API owns this thread's event loop)."""
-    import select
-    import subprocess
-
-    process = subprocess.Popen([sys.executable, "-m", "loopsync", "serve", "--host", "127.0.0.1", "--port", "0", "--store", "sqlite",
-                                "--data", str(data_dir)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert process.stdout is not None
-    ready, _, _ = select.select([process.stdout], [], [], 30)
-    line = process.stdout.readline() if ready else ""
-    prefix = "loopsync is serving at http://127.0.0.1:"
-    if not line.startswith(prefix):
-        process.kill()
-        raise RuntimeError(f"loopsync serve did not start: {line!r}")
-    return process, int(line[len(prefix):].split("/", 1)[0])
-
-
 def record_browser(chromium: str, seconds: float, bpm_a: float, bpm_b: float, lead: float, mean_gap: float, seed: int) -> dict[str, Any]:
     """Two pages in headless Chromium against a SQLite server; Alice edits; return both pages' stamped events."""
     from playwright.sync_api import sync_playwright
@@ -476,32 +400,27 @@ def record_browser(chromium: str, seconds: float, bpm_a: float, bpm_b: float, le
     rng = random.Random(seed)
     order = list(range(STEPS))
     rng.shuffle(order)
-    with tempfile.TemporaryDirectory(prefix="loopsync-latency-") as tmp:
-        process, port = _start_server_sync(Path(tmp) / "data")
-        try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-                pages = {}
-                for user, bpm in (("alice", bpm_a), ("bob", bpm_b)):
-                    page = browser.new_context().new_page()
-                    page.goto(f"http://127.0.0.1:{port}/?room={ROOM}&user={user}&bpm={bpm:g}&lead={lead:g}")
-                    page.wait_for_function("() => window.loopsync && window.loopsync.app.engine.node && window.loopsync.sync.connected",
-                                           timeout=30_000)
-                    page.evaluate(_INSTRUMENT_JS)
-                    pages[user] = page
-                for page in pages.values():
-                    page.evaluate("() => window.loopsync.play()")
-                pages["alice"].wait_for_timeout((max(loop_seconds(bpm_a), loop_seconds(bpm_b)) + 0.1) * 1000)
-                pages["alice"].evaluate(_EDIT_JS, {"seconds": seconds, "gap": mean_gap, "order": order, "start": rng.randrange(1, 2**12)})
-                pages["alice"].wait_for_function("() => window.__bench.editing === false", timeout=(seconds + 30) * 1000, polling=200)
-                # Drain: a few bounds, so that Bob plays Alice's last update.
-                pages["bob"].wait_for_timeout((2 * (loop_seconds(bpm_a) + loop_seconds(bpm_b)) + 1) * 1000)
-                recorded = {user: page.evaluate("() => window.__bench.events") for user, page in pages.items()}
-                recorded["sample_rate"] = pages["bob"].evaluate("() => window.loopsync.context.sampleRate")
-                browser.close()
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    with harness.ServerProcess("loopsync") as server:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=harness.CHROMIUM_ARGS)
+            pages = {}
+            for user, bpm in (("alice", bpm_a), ("bob", bpm_b)):
+                page = browser.new_context().new_page()
+                page.goto(f"{server.http_urls[0]}?room={ROOM}&user={user}&bpm={bpm:g}&lead={lead:g}")
+                page.wait_for_function("() => window.loopsync && window.loopsync.app.engine.node && window.loopsync.sync.connected",
+                                       timeout=30_000)
+                page.evaluate(_INSTRUMENT_JS)
+                pages[user] = page
+            for page in pages.values():
+                page.evaluate("() => window.loopsync.play()")
+            pages["alice"].wait_for_timeout((max(loop_seconds(bpm_a), loop_seconds(bpm_b)) + 0.1) * 1000)
+            pages["alice"].evaluate(_EDIT_JS, {"seconds": seconds, "gap": mean_gap, "order": order, "start": rng.randrange(1, 2**12)})
+            pages["alice"].wait_for_function("() => window.__bench.editing === false", timeout=(seconds + 30) * 1000, polling=200)
+            # Drain: a few bounds, so that Bob plays Alice's last update.
+            pages["bob"].wait_for_timeout((2 * (loop_seconds(bpm_a) + loop_seconds(bpm_b)) + 1) * 1000)
+            recorded = {user: page.evaluate("() => window.__bench.events") for user, page in pages.items()}
+            recorded["sample_rate"] = pages["bob"].evaluate("() => window.loopsync.context.sampleRate")
+            browser.close()
     return recorded
 
 

@@ -61,7 +61,8 @@ from loopsync.document import SOUNDS, Part, copy_part
 
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parent))
-from latency import ServeProcess, loop_seconds  # noqa: E402  (a sibling script)
+from harness import ServerProcess  # noqa: E402  (a sibling script)
+from latency import loop_seconds  # noqa: E402  (a sibling script)
 
 STEPS = 16
 
@@ -198,15 +199,15 @@ async def cut(members: list[Member], rng: random.Random, config: Config, end: fl
             member.cuts += 1
 
 
-async def restart(server: ServeProcess, config: Config, start: float, result: Result) -> None:
+async def restart(server: ServerProcess, config: Config, start: float, result: Result) -> None:
     """Restart the server ``config.restarts`` times, evenly spread; SIGKILL first, then alternating with SIGTERM."""
     for index in range(config.restarts):
         at = start + config.seconds * (index + 1) / (config.restarts + 1)
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         signal_number = signal.SIGKILL if index % 2 == 0 else signal.SIGTERM
-        await server.stop(signal_number)
+        await asyncio.to_thread(server.stop, signal_number)
         await asyncio.sleep(config.down_seconds)
-        await server.start()
+        await asyncio.to_thread(server.start)
         result.restarts += 1
         result.restart_signals.append(signal_number.name)
 
@@ -295,8 +296,8 @@ async def soak(config: Config, data_dir: Path) -> Result:
     """Run one soak against a SQLite server in ``data_dir``; return the figures (nothing printed)."""
     rng = random.Random(config.seed)
     result = Result(config.clients, config.rooms, config.seconds)
-    server = ServeProcess(data_dir)
-    await server.start()
+    server = ServerProcess("loopsync", data_dir)
+    await asyncio.to_thread(server.start)
     members = [Member(f"room{index % config.rooms}", f"user{index}") for index in range(config.clients)]
     try:
         for member in members:
@@ -338,7 +339,7 @@ async def soak(config: Config, data_dir: Path) -> Result:
         for member in members:
             if member.client is not None:
                 await member.client.close()
-        await server.stop()
+        await asyncio.to_thread(server.close)
     result.edits = sum(m.edits for m in members)
     result.updates_sent = sum(len(m.sent) for m in members)
     result.acknowledged = sum(len(m.acked) for m in members)

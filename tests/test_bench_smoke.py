@@ -18,8 +18,9 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.append(str(BENCH))  # appended: the scripts never shadow an installed module
 
 import fanout  # noqa: E402  (a script in bench/)
+import harness  # noqa: E402  (bench/harness.py)
 import latency  # noqa: E402  (a script in bench/)
-from loopsync.outbox import text_frame  # noqa: E402
+from loopsync.websocket import text_frame  # noqa: E402
 
 
 def run_bench(script: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -80,7 +81,7 @@ def test_fanout_smoke(tmp_path: Path) -> None:
 def test_fanout_session_keeps_its_clients_from_step_to_step() -> None:
     """A ramp's steps against one server: a larger step adds rooms, a smaller one leaves the rest idle, every step delivers all it sent (y-websocket's later steps too)."""
     for kind in ("loopsync", "yjs"):
-        session = fanout.Session(kind, 4, 0.25)
+        session = harness.Session(kind, 4, 0.25)
         try:
             rows = [session.step(rooms, 1.0, warmup=0.5) for rooms in (2, 4, 1)]
         finally:
@@ -108,14 +109,35 @@ def test_fanout_cost_runs_the_servers_in_turns_and_names_each_multiple(capsys: p
 
 
 def test_instructions_smoke(tmp_path: Path) -> None:
-    """bench/instructions.py --smoke (needs valgrind): the relay and loopsync counted per update, loopsync as a multiple of the relay."""
+    """bench/instructions.py --smoke (needs valgrind): the floor and loopsync counted per update, loopsync as a multiple of the floor's."""
     result = run_bench("instructions.py", "--smoke", "--json", str(tmp_path / "instructions.json"), timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = json.loads((tmp_path / "instructions.json").read_text())
-    assert [row["server"] for row in rows] == ["relay", "loopsync"]
+    assert [row["server"] for row in rows] == ["floor", "loopsync"]
     assert all(row["updates"] > 0 and row["instructions_per_update"] > 0 for row in rows)
-    assert re.search(r"^  loopsync +[\d,]+ instructions/update +\d+\.\d+x the relay", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^  loopsync +[\d,]+ instructions/update +\d+\.\d+x the floor", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^  loopsync / floor, instructions per update: \d+\.\d\dx", result.stdout, re.MULTILINE), result.stdout
 
+
+
+def test_hostile_smoke(tmp_path: Path) -> None:
+    """bench/hostile.py --smoke: every attack beside the observer, figures without and during it, RSS and descriptors, the idle rooms; exit 1 exactly when a target is missed."""
+    result = run_bench("hostile.py", "--smoke", "--json", str(tmp_path / "hostile.json"), timeout=300)
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    figures = json.loads((tmp_path / "hostile.json").read_text())
+    names = ["presence storm", "update flood", "reconnect storm", "half-open", "slow readers", "fetch storm"]
+    assert [attack["attack"] for attack in figures["attacks"]] == names
+    for attack in figures["attacks"]:
+        assert attack["without"]["acks"] == attack["without"]["updates_sent"] > 0, attack  # the observer, unhurt before
+        assert attack["during"]["updates_sent"] > 0 and attack["during"]["ack_p99_ms"] > 0, attack
+        assert attack["descriptors"]["during"] > attack["descriptors"]["start"], attack  # the attack was there
+        assert re.search(rf"^{attack['attack']}: .*\n  observer acks  without: p50 +[\d.]+ ms  p99 +[\d.]+ ms  max +[\d.]+ ms",
+                         result.stdout, re.MULTILINE), result.stdout
+    assert figures["attacks"][3]["details"]["half_open"]["opened"] == 60
+    assert figures["idle_rooms"]["written"] == figures["idle_rooms"]["rooms"] == 300
+    missed = [name for name, ok in figures["targets"].items() if not ok]
+    assert result.returncode == (1 if missed else 0), result.stdout
+    assert re.search(r"^\d+ of \d+ targets met in \d+ s", result.stdout, re.MULTILINE), result.stdout
 
 # -- the latency checker fails when it should ----------------------------------------------
 
@@ -169,11 +191,11 @@ def test_latency_checker_catches_a_loop_that_plays_stale_data() -> None:
 
 def test_fanout_load_client_reads_frames_split_at_any_byte() -> None:
     """The load client's frame parser waits for a whole header: a TCP read may end inside the extended length."""
-    worker = fanout._Worker({"url": "ws://127.0.0.1:1/ws", "snapshots": True, "per_room": 4, "period": 1.0})
+    worker = harness.Worker({"url": "ws://127.0.0.1:1/ws", "snapshots": True, "per_room": 4, "period": 1.0})
     worker.measured_from_us = 0
-    client = fanout._LoadClient(worker, "room", "user")
+    client = harness.LoadClient(worker, 0)
     client.upgraded = True
-    update = '{"type":"update","user":"u","seq":%d,"revision":1,"part":{"sound":"kick","steps":[%s]}}'
+    update = '{"type":"update","user":"user1","seq":%d,"revision":1,"part":{"sound":"kick","steps":[%s]}}'
     frames = b"".join(text_frame((update % (seq, ",".join("01" * steps))).encode()) for seq, steps in ((1, 16), (2, 8), (3, 64)))
     assert frames[1] & 0x7F == 126  # the first frame already needs the 16-bit length
     for cut in range(len(frames) + 1):
@@ -186,35 +208,35 @@ def test_fanout_load_client_reads_frames_split_at_any_byte() -> None:
 
 def test_fanout_worker_waits_for_every_answer_from_a_server_that_acknowledges() -> None:
     """A worker keeps listening while an update it sent is neither acknowledged nor refused (a stalled commit holds back its deliveries too); not for the relay, nor once a client was closed."""
-    worker = fanout._Worker({"url": "ws://127.0.0.1:1/ws", "snapshots": True, "acks": True, "per_room": 4, "period": 1.0})
+    worker = harness.Worker({"url": "ws://127.0.0.1:1/ws", "snapshots": True, "acks": True, "per_room": 4, "period": 1.0})
     worker.stats.update(sent=3, acks=1, errors=1)
-    assert worker._unanswered()
+    assert worker.unanswered()
     worker.stats["acks"] = 2
-    assert not worker._unanswered()
+    assert not worker.unanswered()
     worker.stats.update(acks=0, errors=0, disconnects=1)
-    assert not worker._unanswered()
-    relay_worker = fanout._Worker({"url": "ws://127.0.0.1:1/ws", "snapshots": False, "per_room": 4, "period": 1.0})
+    assert not worker.unanswered()
+    relay_worker = harness.Worker({"url": "ws://127.0.0.1:1/ws", "snapshots": False, "per_room": 4, "period": 1.0})
     relay_worker.stats.update(sent=3)
-    assert not relay_worker._unanswered()
+    assert not relay_worker.unanswered()
 
 
 def test_fanout_yjs_updates_are_real_yjs_and_timed_by_their_mark() -> None:
     """bench/yjs/updates.js makes valid sync messages with a mark; the load client times others' updates and counts its own echo as its ack."""
-    updates = fanout._yjs_updates([("user0", 0), ("user1", 1)], 2)
+    updates = harness.yjs_updates([("user0", 0), ("user1", 1)], 2)
     assert sorted(updates) == [0, 1] and all(len(messages) == 2 for messages in updates.values())
     message = updates[1][0]
     length = len(message) - 3  # sync (0), update (2), a one-byte varint length, the update
-    assert message[:3] == b"\x00\x02" + fanout._var_uint(length) and length < 0x80
-    assert fanout._MARK.search(message) is not None and message.count(fanout._TIME_PLACEHOLDER) == 1
-    assert fanout._var_uint(300) == b"\xac\x02"  # lib0: low 7 bits first
+    assert message[:3] == b"\x00\x02" + harness.var_uint(length) and length < 0x80
+    assert harness._MARK.search(message) is not None and message.count(harness._TIME_PLACEHOLDER) == 1
+    assert harness.var_uint(300) == b"\xac\x02"  # lib0: low 7 bits first
 
-    worker = fanout._Worker({"url": "ws://127.0.0.1:1", "snapshots": False, "yjs": True, "per_room": 2, "period": 1.0})
+    worker = harness.Worker({"url": "ws://127.0.0.1:1", "snapshots": False, "yjs": True, "per_room": 2, "period": 1.0})
     worker.measured_from_us = 1_000
-    client = fanout._LoadClient(worker, "room0", "user0", 0, updates[0])
-    sent = updates[1][0].replace(fanout._TIME_PLACEHOLDER, b"t=%016d" % 2_000, 1)
+    client = harness.LoadClient(worker, 0, updates[0])
+    sent = updates[1][0].replace(harness._TIME_PLACEHOLDER, b"t=%016d" % 2_000, 1)
     client.frame(0x2, sent)  # another user's update: a delivery
-    client.frame(0x2, updates[0][0].replace(fanout._TIME_PLACEHOLDER, b"t=%016d" % 2_000, 1))  # its own, echoed: its ack
-    client.frame(0x2, updates[1][1].replace(fanout._TIME_PLACEHOLDER, b"t=%016d" % 500, 1))  # sent in the warm-up: not counted
+    client.frame(0x2, updates[0][0].replace(harness._TIME_PLACEHOLDER, b"t=%016d" % 2_000, 1))  # its own, echoed: its ack
+    client.frame(0x2, updates[1][1].replace(harness._TIME_PLACEHOLDER, b"t=%016d" % 500, 1))  # sent in the warm-up: not counted
     client.frame(0x2, b"\x00\x00\x01\x00")  # the server's sync step 1: not an update
     assert len(worker.latencies_us) == 1 and worker.stats["acks"] == 1
 
@@ -224,8 +246,8 @@ def test_fanout_ramp_search_doubles_then_bisects_and_retries_only_a_near_miss() 
     def figures(p99_ms: float, cpu_share: float = 1.0) -> dict[str, Any]:
         return {"p99_ms": p99_ms, "deliveries": 100, "deliveries_expected": 100, "server_cpu_share": cpu_share}
 
-    def run(verdict: Any, bisections: int = fanout.RAMP_BISECTIONS) -> list[int]:
-        search = fanout._find_limit(20.0, bisections)
+    def run(verdict: Any, bisections: int = harness.RAMP_BISECTIONS) -> list[int]:
+        search = harness.find_limit(20.0, bisections)
         asked = [next(search)]
         tries: dict[int, int] = {}
         while True:
@@ -238,7 +260,7 @@ def test_fanout_ramp_search_doubles_then_bisects_and_retries_only_a_near_miss() 
 
     overloaded_past_700 = run(lambda rooms, _: figures(5.0 if rooms <= 700 else 100.0))
     assert overloaded_past_700 == [100, 200, 400, 800, 600, 700, 750, 725]
-    assert run(lambda rooms, _: figures(5.0 if rooms <= 700 else 100.0), fanout.QUICK_RAMP_BISECTIONS) == [100, 200, 400, 800, 600, 700, 750]
+    assert run(lambda rooms, _: figures(5.0 if rooms <= 700 else 100.0), harness.QUICK_RAMP_BISECTIONS) == [100, 200, 400, 800, 600, 700, 750]
     near_miss_once_at_200 = run(lambda rooms, tries: figures(30.0 if rooms == 200 and tries == 1 else 5.0 if rooms <= 700 else 100.0))
     assert near_miss_once_at_200 == [100, 200, 200, 400, 800, 600, 700, 750, 725]
     stall_with_cpu_to_spare = run(lambda rooms, tries: figures(90.0, 0.5) if rooms == 400 and tries == 1 else figures(5.0 if rooms <= 700 else 100.0))
@@ -252,14 +274,68 @@ def test_fanout_plot_draws_every_ramp_step_and_rings_each_limit(tmp_path: Path) 
                 "deliveries": 100, "deliveries_expected": 100}
 
     rows = [step("relay", 12_000, 1.0), step("relay", 40_000, 5.0), step("relay", 48_000, 300.0),
-            step("loopsync", 12_000, 5.0), step("loopsync", 24_000, 15.0), step("loopsync", 30_000, 80.0),
+            step("loopsync", 12_000, 5.0), step("loopsync", 24_000, 15.0), step("loopsync", 30_000, 80.0), step("floor", 30_000, 10.0),
             {"scenario": "rooms", "server": "yjs", "deliveries_per_s": 12_000, "p99_ms": 4.0}]
-    svg = fanout.ramp_svg(rows)
-    assert svg.count('r="3"') == 6  # the six ramp steps, not the rooms scenario
-    assert svg.count('r="7"') == 2  # one ring per server: relay at 40,000, loopsync at 24,000
-    assert "loopsync: 24,000 deliveries/s under the budget (0.60 of the relay)" in svg
+    svg = harness.ramp_svg(rows)
+    assert svg.count('r="3"') == 7  # the seven ramp steps, not the rooms scenario
+    assert svg.count('r="7"') == 3  # one ring per server: relay at 40,000, loopsync at 24,000, the floor at 30,000
+    assert "loopsync: 24,000 deliveries/s under the budget, 0.80x floor" in svg
     assert "yjs" not in svg and "p99 budget 20 ms" in svg
     (tmp_path / "run.json").write_text(json.dumps({"disk": {}, "runs": rows}))
     result = run_bench("fanout.py", "--from-json", str(tmp_path / "run.json"), "--plot", str(tmp_path / "ramp.png"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "ramp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- the harness -----------------------------------------------------------------------
+
+
+def test_server_process_starts_a_kind_measures_it_and_starts_again_on_its_port() -> None:
+    """A server kind starts on a free port, its CPU, memory and descriptors read from /proc, and after SIGKILL it starts again on the same port and data."""
+    with harness.ServerProcess("loopsync") as server:
+        port, data_dir = server.port, server.data_dir
+        assert port > 0 and server.ws_url == f"ws://127.0.0.1:{port}/ws"
+        assert server.rss_bytes() > 10 * 1024 * 1024 and server.open_descriptors() >= 4
+        assert sum(server.cpu_seconds()) > 0
+        server.stop(9)
+        server.start()
+        assert (server.port, server.data_dir, server.starts) == (port, data_dir, 2)
+    assert server.process is not None and server.process.poll() is not None
+    with pytest.raises(ValueError, match="unknown server kind 'cluster'"):
+        harness.ServerProcess("cluster")
+
+
+def test_send_times_are_shared_by_every_process_that_maps_the_file() -> None:
+    """A sender's time for (client, seq) is what another mapping of the same file reads; seq wraps over the slots."""
+    path = harness.SendTimes.create(4)
+    try:
+        writer, reader = harness.SendTimes(path, 4), harness.SendTimes(path, 4)
+        writer.put(3, 7, 123_456)
+        writer.put(3, 7 + harness.SEND_SLOTS, 654_321)
+        writer.put(2, 7, 1)
+        assert reader.get(3, 7) == 654_321 and reader.get(2, 7) == 1 and reader.get(0, 7) == 0
+    finally:
+        os.unlink(path)
+
+
+def test_a_member_refused_before_it_joins_does_not_hold_up_the_step() -> None:
+    """A client the server closes before its snapshot (room_full) counts as refused and the worker's step is ready without it."""
+    worker = harness.Worker({"url": "ws://127.0.0.1:1/ws", "snapshots": True, "per_room": 4, "period": 1.0})
+    worker.joining = 2
+    first, second = harness.LoadClient(worker, 0), harness.LoadClient(worker, 1)
+    worker.clients = {0: first, 1: second}
+    first.frame(0x1, b'{"type":"snapshot","v":1}')
+    second.connection_lost(None)
+    assert worker.ready.is_set() and worker.refused == 1 and list(worker.clients) == [0]
+    first.frame(0x1, b'{"type":"snapshot","v":1}')  # a fetch's answer later: not a second join
+    assert worker.joining == 0
+
+
+def test_a_kind_whose_ready_line_names_several_nodes_spreads_each_room_over_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kind is a command line and a ready line; a ready line with several URLs (a cluster) gives one WebSocket URL per node, and a room's members take them in turn."""
+    script = "import time; print('cluster ready: http://127.0.0.1:4001/ http://127.0.0.1:4002/', flush=True); time.sleep(60)"
+    monkeypatch.setitem(harness.KINDS, "two-nodes", harness.Kind(("{python}", "-c", script), "cluster ready"))
+    with harness.ServerProcess("two-nodes") as server:
+        assert server.ws_urls == ["ws://127.0.0.1:4001/ws", "ws://127.0.0.1:4002/ws"] and server.port == 4001
+        worker = harness.Worker({"urls": server.ws_urls, "snapshots": True, "per_room": 4, "period": 1.0})
+        assert [worker.host_of(index) for index in range(4)] == ["127.0.0.1:4001", "127.0.0.1:4002"] * 2

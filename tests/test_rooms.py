@@ -1,38 +1,24 @@
-"""rooms.Room: the server's rules (ownership, validation, seq order, limits, presence) with no I/O."""
+"""rooms.py: ownership, validation, the seq and part rules of a batch, capacity and presence, with no I/O."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
-from loopsync import protocol
-from loopsync.document import MAX_PARTS
-from loopsync.protocol import Update
-from loopsync.rooms import MAX_MEMBERS, Accepted, Room
+from loopsync.document import Invalid
+from loopsync.protocol import FREE_SEQS, MAX_SEQ_STEP, Update
+from loopsync.rooms import MAX_CONNECTIONS, MAX_PARTS, MAX_USERS, Accepted, Proposal, Room, RoomRecord, sequence
 
 KICK = {"sound": "kick", "steps": [1, 0, 0, 0] * 4}
 HAT = {"sound": "hat", "steps": [0, 0, 1, 0] * 4}
 
 
-def room_with_alice_at_seq_5() -> Room:
-    room = Room("demo")
-    assert room.join(1, "alice", False, None) is None
-    assert isinstance(room.accept("alice", Update(5, KICK, None)), Accepted)
-    return room
-
-
-ACCEPT = [
-    # (user, update, error code or None when accepted)
+CHECK = [
+    # (user, update, error code or None when it passes)
     ("alice", Update(6, HAT, None), None),
     ("alice", Update(6, HAT, "alice"), None),
-    ("bob", Update(1, HAT, None), None),
-    ("alice", Update(2**53 - 1, HAT, None), None),
     ("alice", Update(6, HAT, "bob"), "forbidden"),
-    ("bob", Update(1, HAT, "alice"), "forbidden"),
-    ("alice", Update(5, HAT, None), "stale_seq"),
-    ("alice", Update(4, HAT, None), "stale_seq"),
     ("alice", Update(6, {"sound": "hat"}, None), "bad_part"),
     ("alice", Update(6, {"sound": "hat", "steps": [0] * 8}, None), "bad_part"),
     ("alice", Update(6, {"sound": "hat", "steps": [0] * 16, "mute": True}, None), "bad_part"),
@@ -40,122 +26,125 @@ ACCEPT = [
     ("alice", Update(6, {"sound": "hat", "steps": [False] * 16}, None), "bad_part"),
     ("alice", Update(6, {"sound": "hat", "steps": [0.0] * 16}, None), "bad_part"),
     ("alice", Update(6, ["hat"], None), "bad_part"),  # type: ignore[arg-type]
+    ("alice", Update(6, None, None), "bad_part"),  # type: ignore[arg-type]
     # forbidden is checked before anything else, so a foreign bad part is still forbidden
     ("alice", Update(1, {"sound": "bell"}, "bob"), "forbidden"),
 ]
 
 
-@pytest.mark.parametrize("user, update, code", ACCEPT, ids=[f"{row[2] or 'ok'}-{i}" for i, row in enumerate(ACCEPT)])
-def test_accept(user: str, update: Update, code: str | None) -> None:
-    """An update is applied whole with the next revision, or refused whole with its code."""
-    room = room_with_alice_at_seq_5()
-    before = (dict(room.parts), dict(room.seqs), room.revision)
-    result = room.accept(user, update)
-    if code is None:
-        assert result == Accepted("demo", user, update.seq, 2, update.part)
-        assert room.parts[user] == update.part and room.seqs[user] == update.seq and room.revision == 2
-    else:
-        assert not isinstance(result, Accepted) and result.code == code
-        assert (room.parts, room.seqs, room.revision) == before
-
-
-def test_accepted_part_is_a_copy() -> None:
-    """Changing the peer's part object afterwards does not change Shared Data."""
-    room = Room("demo")
-    steps = [1] * 16
-    room.accept("alice", Update(1, {"sound": "kick", "steps": steps}, None))
-    steps[0] = 0
-    assert room.parts["alice"]["steps"][0] == 1
-
-
-def test_a_part_beyond_max_parts_is_refused() -> None:
-    """At most MAX_PARTS (256) users ever write parts in a room."""
-    room = Room("demo")
-    for index in range(MAX_PARTS):
-        assert isinstance(room.accept(f"u{index}", Update(1, KICK, None)), Accepted)
-    result = room.accept("late", Update(1, KICK, None))
-    assert not isinstance(result, Accepted) and result.code == "room_full"
-    assert isinstance(room.accept("u0", Update(2, HAT, None)), Accepted)
-
-
-JOIN = [
-    # (connected users before, users with parts, joining user, error code or None)
-    ([], [], "alice", None),
-    ([f"u{i}" for i in range(MAX_PARTS - 1)], [], "late", None),
-    ([f"u{i}" for i in range(MAX_PARTS)], [], "late", "room_full"),
-    ([f"u{i}" for i in range(MAX_PARTS)], [], "u3", None),  # a second tab is not a new user
-    ([], [f"u{i}" for i in range(MAX_PARTS)], "late", "room_full"),
-    ([], [f"u{i}" for i in range(MAX_PARTS)], "u7", None),
-    (["alice"] * (MAX_MEMBERS - 1), [], "alice", None),
-    (["alice"] * MAX_MEMBERS, [], "alice", "room_full"),
-]
-
-
-@pytest.mark.parametrize("connected, writers, user, code", JOIN, ids=[f"{row[3] or 'ok'}-{i}" for i, row in enumerate(JOIN)])
-def test_join(connected: list[str], writers: list[str], user: str, code: str | None) -> None:
-    """A room holds MAX_MEMBERS (512) connections and MAX_PARTS (256) users (connected or with a part)."""
-    room = Room("demo")
-    for writer in writers:
-        room.accept(writer, Update(1, KICK, None))
-    for connection_id, member in enumerate(connected):
-        assert room.join(connection_id, member, False, None) is None
-    result = room.join(10_000, user, True, 120.0)
+@pytest.mark.parametrize("user, update, code", CHECK, ids=[f"{row[2] or 'ok'}-{i}" for i, row in enumerate(CHECK)])
+def test_check(user: str, update: Update, code: str | None) -> None:
+    """The stateless rules: a user writes only their own part, and it must have the room's shape."""
+    result = Room("demo").check(user, update)
     assert (result.code if result else None) == code
-    assert (10_000 in room.members) == (code is None)
 
 
-def test_leave_keeps_the_part_and_frees_the_place() -> None:
-    """Leaving forgets the connection, never the user's part."""
-    room = Room("demo")
-    room.join(1, "alice", False, None)
-    room.accept("alice", Update(1, KICK, None))
-    room.leave(1)
-    room.leave(1)  # twice is harmless
-    assert room.members == {} and room.parts == {"alice": KICK}
+def room_with(*records: Accepted) -> Room:
+    return Room("demo", RoomRecord(max((r.revision for r in records), default=0), list(records)))
 
 
-PRESENCE = [
-    # (members as (user, playing, bpm), transport changes as (id, playing, bpm), expected presence)
-    ([], [], []),
-    ([("bob", False, None), ("alice", True, 120.0)], [],
-     [{"user": "alice", "playing": True, "bpm": 120.0}, {"user": "bob", "playing": False, "bpm": None}]),
-    ([("alice", False, 90.0)], [(0, True, None)], [{"user": "alice", "playing": True, "bpm": 90.0}]),
-    ([("alice", False, 90.0)], [(0, True, 140.0), (0, False, None)], [{"user": "alice", "playing": False, "bpm": 140.0}]),
-    ([("alice", False, None), ("alice", True, 100.0)], [],
-     [{"user": "alice", "playing": True, "bpm": 100.0}, {"user": "alice", "playing": False, "bpm": None}]),
+SEQUENCE = [
+    # (the batch as (user, seq), the outcomes as revision or error code)
+    ([("alice", 6)], [2]),
+    ([("bob", 1)], [2]),
+    ([("alice", 5)], ["stale_seq"]),
+    ([("alice", 4)], ["stale_seq"]),
+    ([("alice", 5 + MAX_SEQ_STEP)], [2]),
+    ([("alice", FREE_SEQS + MAX_SEQ_STEP)], [2]),  # below 2^52 any jump is fine
+    ([("alice", FREE_SEQS + MAX_SEQ_STEP + 1)], ["bad_seq"]),
+    ([("alice", 2**53 - 1)], ["bad_seq"]),
+    ([("alice", 6), ("alice", 6), ("alice", 7)], [2, "stale_seq", 3]),
+    ([("alice", 7), ("bob", 1), ("alice", 6)], [2, 3, "stale_seq"]),
 ]
 
 
-@pytest.mark.parametrize("members, changes, expected", PRESENCE, ids=[f"presence-{i}" for i in range(len(PRESENCE))])
-def test_presence(members: list[tuple[str, bool, float | None]], changes: list[tuple[int, bool, float | None]], expected: list[dict[str, Any]]) -> None:
-    """One entry per connection, sorted by user; an omitted bpm keeps the last one."""
+@pytest.mark.parametrize("batch, expected", SEQUENCE, ids=[f"sequence-{i}" for i in range(len(SEQUENCE))])
+def test_sequence(batch: list[tuple[str, int]], expected: list[int | str]) -> None:
+    """A batch is decided in order against committed state plus the batch so far; accepted ones get consecutive revisions."""
+    room = room_with(Accepted("demo", "alice", 5, 1, KICK))
+    outcomes = sequence([Proposal(room, user, seq, HAT) for user, seq in batch])
+    got = [outcome.code if isinstance(outcome, Invalid) else outcome[-1].revision for outcome in outcomes]
+    assert got == expected
+    assert room.revision == 1 and room.records["alice"].seq == 5  # nothing applied yet
+
+
+def test_a_new_user_at_max_parts_removes_the_oldest_part_of_an_absent_user() -> None:
+    """With 256 parts, a new user's part first removes the absent user's part written longest ago; a connected user's never."""
+    room = room_with(*(Accepted("demo", f"u{index:03}", 1, index + 1, KICK) for index in range(MAX_PARTS)))
+    room.join("c1", "u000", False, None)  # u000 is connected: its part stays
+    [outcome] = sequence([Proposal(room, "late", 1, HAT)])
+    assert outcome == [Accepted("demo", "u001", 0, MAX_PARTS + 1, None), Accepted("demo", "late", 1, MAX_PARTS + 2, HAT)]
+    for record in outcome:
+        room.apply(record)
+    assert "u001" not in room.records and len(room.records) == MAX_PARTS and room.seq_of("u001") == 0
+    # the removed user comes back with any seq: it is a new user again, and the next oldest gives way
+    [again] = sequence([Proposal(room, "u001", 1, KICK)])
+    assert isinstance(again, list) and again[0].user == "u002" and again[0].part is None
+
+
+def test_a_room_of_connected_parts_is_full() -> None:
+    """When every one of the 256 parts belongs to a connected user, a new user's part is room_full."""
+    room = room_with(*(Accepted("demo", f"u{index:03}", 1, index + 1, KICK) for index in range(MAX_PARTS)))
+    for index in range(MAX_PARTS):
+        room.join(f"c{index}", f"u{index:03}", False, None)
+    [outcome] = sequence([Proposal(room, "late", 1, HAT)])
+    assert isinstance(outcome, Invalid) and outcome.code == "room_full"
+
+
+def test_join_counts_connections_and_connected_users() -> None:
+    """A room holds 512 connections and 256 connected users; a second tab is no new user; leaving makes room."""
     room = Room("demo")
-    for connection_id, (user, playing, bpm) in enumerate(members):
-        room.join(connection_id, user, playing, bpm)
-    for connection_id, playing, bpm in changes:
-        room.set_transport(connection_id, playing, bpm)
-    assert room.presence() == expected
+    for index in range(MAX_USERS):
+        assert room.join(f"c{index}", f"u{index}", False, None) is None
+    problem = room.join("extra", "late", False, None)
+    assert problem is not None and problem.code == "room_full"
+    assert room.join("tab", "u3", False, None) is None
+    room.leave("c0")
+    assert room.join("late", "late", False, None) is None
+    crowded = Room("crowded")
+    for index in range(MAX_CONNECTIONS):
+        assert crowded.join(f"c{index}", "alice", False, None) is None
+    problem = crowded.join("one-more", "alice", False, None)
+    assert problem is not None and problem.code == "room_full"
 
 
-def test_restore_rebuilds_parts_seqs_and_revision() -> None:
-    """Restoring stored records gives back parts, each user's seq and the room's revision, in any order."""
+def test_presence_is_a_table_then_changes() -> None:
+    """The table lists every connection by user; changes carry new and changed entries, left ids, and no unannounced comings and goings."""
     room = Room("demo")
-    room.restore(Accepted("demo", "bob", 3, 7, HAT))
-    room.restore(Accepted("demo", "alice", 9, 4, KICK))
-    assert room.parts == {"alice": KICK, "bob": HAT} and room.seqs == {"alice": 9, "bob": 3} and room.revision == 7
-    stale = room.accept("alice", Update(9, HAT, None))
-    assert not isinstance(stale, Accepted) and stale.code == "stale_seq"
-    assert room.accept("alice", Update(10, HAT, None)) == Accepted("demo", "alice", 10, 8, HAT)
+    room.join("1", "bob", False, None)
+    room.join("2", "alice", True, 120.0)
+    assert json.loads(room.presence_table()) == {"type": "presence", "users": [
+        {"id": "2", "user": "alice", "playing": True, "bpm": 120.0}, {"id": "1", "user": "bob", "playing": False, "bpm": None}]}
+    changes = room.take_presence_changes(64)
+    assert changes is not None and [entry["id"] for entry in json.loads(changes)["changed"]] == ["1", "2"]
+    assert room.take_presence_changes(64) is None
+    assert room.set_transport("1", True, None)
+    assert not room.set_transport("1", True, None)  # nothing changed: nothing to tell
+    room.join("3", "carol", False, None)
+    room.leave("3")  # came and went between two messages: nobody needs to hear of it
+    room.leave("2")
+    assert json.loads(room.take_presence_changes(64) or b"") == {
+        "type": "presence", "changed": [{"id": "1", "user": "bob", "playing": True, "bpm": None}], "left": ["2"]}
 
 
-@pytest.mark.parametrize("sound", ["kick", "snare", "hat", "clap", "tom", "tone"])
-@pytest.mark.parametrize("steps", [16, 32, 1])
-def test_update_frame_carries_the_accepted_part_as_plain_json(sound: str, steps: int) -> None:
-    """The frame the room's peers get holds the accepted part, fields in the document's order whatever the client sent."""
-    room = Room("demo", steps=steps)
-    pattern = [(index * 7 + steps) % 3 % 2 for index in range(steps)]
-    accepted = room.accept("alice", Update(1, {"steps": pattern, "sound": sound}, None))
-    assert isinstance(accepted, Accepted)
-    frame = protocol.update_frame(user="alice", seq=1, revision=accepted.revision, part=accepted.part)
-    assert json.loads(frame) == {"type": "update", "user": "alice", "seq": 1, "revision": 1, "part": {"sound": sound, "steps": pattern}}
-    assert b'"part":{"sound":' in frame
+def test_presence_changes_are_cut_into_messages_of_a_limit() -> None:
+    """At most ``limit`` entries per message; the rest wait for the next one, oldest first."""
+    room = Room("demo")
+    for index in range(5):
+        room.join(str(index), f"u{index}", False, None)
+    first = json.loads(room.take_presence_changes(3) or b"")
+    second = json.loads(room.take_presence_changes(3) or b"")
+    assert [e["id"] for e in first["changed"]] == ["0", "1", "2"] and [e["id"] for e in second["changed"]] == ["3", "4"]
+
+
+def test_apply_and_the_document_follow_committed_records() -> None:
+    """Applied records change the parts, seqs and revision; a removal drops the part; the document is rebuilt once per revision."""
+    room = Room("demo")
+    room.apply(Accepted("demo", "bob", 3, 1, HAT))
+    room.apply(Accepted("demo", "alice", 9, 2, KICK))
+    document = room.document()
+    assert room.document() is document
+    assert json.loads(document) == {"room": "demo", "steps": 16, "parts": {"alice": KICK, "bob": HAT}}
+    room.apply(Accepted("demo", "bob", 0, 3, None))
+    assert json.loads(room.document())["parts"] == {"alice": KICK}
+    assert room.revision == 3 and room.seq_of("bob") == 0 and room.seq_of("alice") == 9

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from loopsync.document import check_name, check_part, differing_users, merge_at_sync
-from loopsync.sync import ClientSync
+from loopsync.sync import ClientSync, PresenceTable
 
 VECTORS = Path(__file__).parent / "vectors"
 
@@ -32,6 +32,7 @@ NAMES = _load("names.json")["cases"]
 PARTS = _load("parts.json")["cases"]
 MERGE = _load("merge.json")
 SCENARIOS = _load("client.json")["scenarios"]
+PRESENCE = _load("presence.json")["scenarios"]
 
 
 @pytest.mark.parametrize("case", NAMES, ids=[f"{c['kind']}={c['value']!r}" for c in NAMES])
@@ -119,3 +120,18 @@ def test_vectors_cover_every_action() -> None:
     """The client scenarios use every action the format defines, so neither runner can skip one."""
     used = {step["do"] for scenario in SCENARIOS for step in scenario["script"] if "do" in step}
     assert used == {"message", "toggle", "set_step", "set_sound", "play", "pause", "sync", "disconnect"}
+
+
+@pytest.mark.parametrize("scenario", PRESENCE, ids=[s["name"] for s in PRESENCE])
+def test_presence_scenario(scenario: dict[str, Any]) -> None:
+    """A scripted PresenceTable scenario: full tables replace, deltas upsert and remove by id, entries group by user."""
+    table = PresenceTable()
+    for index, step in enumerate(scenario["script"]):
+        where = f"step {index}: {json.dumps(step)[:120]}"
+        if "message" in step:
+            assert table.on_message(step["message"]) is step["expect_changed"], f"{where}: changed"
+        if step.get("disconnect"):
+            table.on_disconnect()
+        if "expect" in step:
+            assert table.own_id == step["expect"]["own_id"], f"{where}: own_id"
+            assert table.by_user() == step["expect"]["by_user"], f"{where}: by_user"

@@ -20,7 +20,7 @@ event                     fields
 ``reconnecting``          ``in_seconds``, ``attempt``
 ``received`` / ``sent``   ``message``: every frame, parsed
 ``ack``                   ``seq``, ``revision``
-``presence``              ``users`` (as the server sent them)
+``presence``              ``users``: every connection's entry, ordered by user and id; ``you``: this connection's id
 ``error``                 ``code``, ``message`` (and ``seq``): from the server or the client
 ``edit``                  ``part``: the own part after a local edit
 ``transport``             ``playing``, ``bpm``, ``position_steps``: local play/pause/tempo
@@ -50,7 +50,7 @@ import aiohttp
 
 from . import protocol
 from .document import DEFAULT_STEPS, check_name, copy_part
-from .sync import ClientSync, LoopClock, Message
+from .sync import ClientSync, LoopClock, Message, PresenceTable
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,9 @@ class Client:
         self.lead_seconds = lead_seconds
         self.sync = ClientSync(user, sound)
         self.clock = LoopClock(steps=DEFAULT_STEPS, bpm=bpm)
+        self.presence_table = PresenceTable()
         self.presence: list[dict[str, Any]] = []
+        """Everyone connected to the room, one entry per connection, by user."""
         self.max_loops = max_loops
         self.loops_played = 0
         self.joined_ever = False
@@ -361,7 +363,7 @@ class Client:
         """One connection, from connect to close; returns why it ended and whether it had joined."""
         writer: asyncio.Task[None] | None = None
         try:
-            async with session.ws_connect(self.url, heartbeat=HEARTBEAT_SECONDS, max_msg_size=protocol.MAX_FRAME_BYTES) as ws:
+            async with session.ws_connect(self.url, heartbeat=HEARTBEAT_SECONDS, max_msg_size=protocol.MAX_MESSAGE_BYTES) as ws:
                 self._ws = ws
                 outbox: asyncio.Queue[Message] = asyncio.Queue()
                 self._outbox = outbox
@@ -390,6 +392,7 @@ class Client:
             self._ws = None
             self._outbox = None
             self.sync.on_disconnect()
+            self.presence_table.on_disconnect()
             self._joined.clear()
 
     async def _write_loop(self, ws: aiohttp.ClientWebSocketResponse, outbox: asyncio.Queue[Message]) -> None:
@@ -418,7 +421,8 @@ class Client:
         kind = message.get("type")
         try:
             replies = self.sync.on_message(message)
-        except (KeyError, TypeError, ValueError) as exc:
+            presence_changed = self.presence_table.on_message(message)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             self._emit("error", code="bad_message", message=f"the server sent a malformed {str(kind)[:20]!r} message ({exc!r})")
             return
         if kind == "snapshot":
@@ -426,10 +430,10 @@ class Client:
         elif kind == "ack":
             self._acked.set()
             self._emit("ack", seq=message.get("seq"), revision=message.get("revision"))
-        elif kind == "presence":
-            users = message.get("users")
-            self.presence = users if isinstance(users, list) else []
-            self._emit("presence", users=self.presence)
+        elif kind == "presence" and presence_changed:
+            # A full table, or changes applied to the table.
+            self.presence = self.presence_table.listed()
+            self._emit("presence", users=self.presence, you=self.presence_table.own_id)
         elif kind == "error":
             code = message.get("code")
             self._emit("error", code=code, message=message.get("message"), **({"seq": message["seq"]} if "seq" in message else {}))
@@ -614,3 +618,4 @@ async def _main_client(args: Any) -> int:
         print(f"Could not reach the server at {args.url}.", file=sys.stderr)
         return 1
     return 0
+

@@ -1,30 +1,44 @@
-"""The wire protocol (version 1): JSON text frames, parsed and built here.
+"""The wire protocol (version 1): JSON text messages, parsed and built here.
 
 ``docs/protocol.md`` is the specification; this module is its executable
 form. Parsing never raises on bad input from a peer: it returns an
 :class:`~loopsync.document.Invalid` naming the error code, so the server can
 answer with an ``error`` message and keep the connection.
+
+Server messages are built as the UTF-8 bytes of their JSON; a message that
+goes to many connections is built once. Names (rooms, users, presence ids)
+are plain ASCII by the naming rule, so the builders write them into the
+JSON as they are.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple, Union
+from typing import Any, Final, Iterable, Mapping, NamedTuple, Union
 
 import orjson
 
 from .document import Invalid, Part, check_name
 
-VERSION = 1
-MAX_FRAME_BYTES = 64 * 1024
-MIN_BPM = 1.0
-MAX_BPM = 1000.0
-MAX_SEQ = 2**53 - 1  # the largest integer a JavaScript number holds exactly
+VERSION: Final = 1
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+"""The largest message either side sends (a snapshot of a full room is under 30 KiB)."""
+MIN_BPM: Final = 1.0
+MAX_BPM: Final = 1000.0
+MAX_SEQ: Final = 2**53 - 1
+"""The largest integer a JavaScript number holds exactly."""
+FREE_SEQS: Final = 2**52
+MAX_SEQ_STEP: Final = 2**20
+"""Above :data:`FREE_SEQS`, an update's seq may be at most this far above the
+user's last accepted seq: so no update can push a user's seq to where
+nothing of theirs is accepted again (from 2^52 to 2^53-1 takes 2^32 accepted
+updates), while below it a client may number its edits as it likes (a
+counter, or microseconds of a clock)."""
 
-# Close codes (RFC 6455 and what we send with them).
-CLOSE_POLICY = 1008  # bad hello (version, names), room full, too slow to read
-CLOSE_TOO_BIG = 1009  # a frame over MAX_FRAME_BYTES
-CLOSE_INTERNAL = 1011  # a bug on our side; the peer learns nothing more
+# Close codes the server sends (RFC 6455).
+CLOSE_GOING_AWAY: Final = 1001  # the server is shutting down
+CLOSE_POLICY: Final = 1008  # a refused hello, no hello in time, too slow to read
+CLOSE_INTERNAL: Final = 1011  # a bug on our side; the peer learns nothing more
 
 
 @dataclass(frozen=True)
@@ -52,7 +66,7 @@ class Update(NamedTuple):
 
 @dataclass(frozen=True)
 class Transport:
-    """Presence: the sender's play/pause state and tempo changed."""
+    """Presence: the sender's play/pause state and tempo changed (``bpm`` ``None``: unchanged)."""
 
     playing: bool
     bpm: float | None
@@ -60,70 +74,95 @@ class Transport:
 
 @dataclass(frozen=True)
 class Fetch:
-    """Ask for the current Shared Data again (after a frozen tab wakes up)."""
+    """Ask for the current Shared Data again (after a frozen tab wakes up, or a ``stale_seq``)."""
 
 
 ClientMessage = Union[Hello, Update, Transport, Fetch]
 
 
-def _is_int(value: object) -> bool:
-    return type(value) is int
-
-
-def _is_number(value: object) -> bool:
-    return type(value) in (int, float)
-
-
 def _parse_bpm(value: object) -> float | None | Invalid:
     if value is None:
         return None
-    if not _is_number(value) or not MIN_BPM <= float(value) <= MAX_BPM:  # type: ignore[arg-type]
+    if type(value) not in (int, float) or not MIN_BPM <= value <= MAX_BPM:  # type: ignore[operator]
         return Invalid("bad_message", f"bpm must be a number from {MIN_BPM:g} to {MAX_BPM:g}, got {str(value)[:20]}")
-    return float(value)  # type: ignore[arg-type]
+    return value  # type: ignore[return-value]  # as the client wrote it: 120 stays 120, 96.5 stays 96.5
+
+
+def _load(text: str | bytes) -> dict[str, Any] | Invalid:
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return Invalid("bad_json", "message is not valid JSON")
+    if type(data) is not dict:
+        return Invalid("bad_json", f"message must be a JSON object, got {type(data).__name__}")
+    return data
 
 
 def parse_client_message(text: str | bytes) -> ClientMessage | Invalid:
-    """Turn one text frame from a client into a message, or say why it is refused.
+    """Turn one text message from a joined client into a message, or say why it is refused (``hello`` is ``already_joined``).
 
     Checks the envelope and field types only; whether a part fits the room
     (step count, ownership, seq order) is the room's decision. The parser is
     strict RFC 8259 (orjson): ``NaN``, ``Infinity`` and lone surrogates
-    are not JSON, nesting ends at 1024 levels, and an integer too large for
-    64 bits reads as a float (so it is never a valid ``seq``).
+    are not JSON, nesting ends at 1024 levels, and a number with a fraction
+    or an exponent (``1.0``, ``1e3``) is never an integer. ``null`` for an
+    optional field is the same as leaving it out.
     """
-    try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return Invalid("bad_json", "frame is not valid JSON")
-    if not isinstance(data, dict):
-        return Invalid("bad_json", f"frame must be a JSON object, got {type(data).__name__}")
+    data = _load(text)
+    if type(data) is Invalid:
+        return data
+    assert isinstance(data, dict)
     kind = data.get("type")
     if kind == "update":
         return _parse_update(data)
     if kind == "hello":
-        return _parse_hello(data)
+        return Invalid("already_joined", "this connection has already joined")
     if kind == "transport":
-        if not isinstance(data.get("playing"), bool):
+        playing = data.get("playing")
+        if type(playing) is not bool:
             return Invalid("bad_message", "transport needs playing: true or false")
         bpm = _parse_bpm(data.get("bpm"))
         if isinstance(bpm, Invalid):
             return bpm
-        return Transport(playing=data["playing"], bpm=bpm)
+        return Transport(playing=playing, bpm=bpm)
     if kind == "fetch":
         return Fetch()
-    return Invalid("unknown_type", f"unknown message type: {str(kind)[:40]!r}")
+    if type(kind) is not str:
+        return Invalid("bad_message", "a message needs a type (a string)")
+    return Invalid("unknown_type", f"unknown message type: {kind[:40]!r}")
+
+
+def parse_first_message(text: str | bytes) -> Hello | Invalid:
+    """The first message of a connection: a valid ``hello``, or why the connection is refused.
+
+    Anything that is not a ``hello`` (JSON or not) is ``not_joined``, which
+    keeps the connection; a ``hello`` with a bad field is ``bad_message``,
+    ``bad_version`` or ``bad_name``, which close it.
+    """
+    data = _load(text)
+    if type(data) is Invalid or data.get("type") != "hello":  # type: ignore[union-attr]
+        return Invalid("not_joined", "send hello first")
+    assert isinstance(data, dict)
+    return _parse_hello(data)
 
 
 def _parse_hello(data: Mapping[str, Any]) -> Hello | Invalid:
     version = data.get("v")
-    if version != VERSION or not _is_int(version):
-        return Invalid("bad_version", f"protocol version {VERSION} expected, got {str(version)[:20]}")
+    if type(version) is not int:
+        return Invalid("bad_message", f"hello needs v, the protocol version {VERSION}")
+    if version != VERSION:
+        return Invalid("bad_version", f"protocol version {VERSION} expected, got {version}")
     for kind in ("room", "user"):
-        problem = check_name(kind, data.get(kind))
+        value = data.get(kind)
+        if type(value) is not str:
+            return Invalid("bad_message", f"hello needs {kind}, a name (string)")
+        problem = check_name(kind, value)
         if problem:
             return problem
-    playing = data.get("playing", False)
-    if not isinstance(playing, bool):
+    playing = data.get("playing")
+    if playing is None:
+        playing = False
+    elif type(playing) is not bool:
         return Invalid("bad_message", "hello playing must be true or false")
     bpm = _parse_bpm(data.get("bpm"))
     if isinstance(bpm, Invalid):
@@ -136,48 +175,60 @@ def _parse_update(data: Mapping[str, Any]) -> Update | Invalid:
     if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
         return Invalid("bad_message", f"update seq must be an integer from 1 to 2^53-1, got {str(seq)[:20]}")
     claimed = data.get("user")
-    if claimed is not None and not isinstance(claimed, str):
+    if claimed is not None and type(claimed) is not str:
         return Invalid("bad_message", "update user must be a string when present")
     if "part" not in data:
         return Invalid("bad_message", "update needs a part")
     return Update(seq, data["part"], claimed)
 
 
+# -- what the server sends -------------------------------------------------------
+
+
 def encode(message: Mapping[str, Any]) -> bytes:
-    """One message as the UTF-8 payload of a text frame: compact JSON."""
+    """One message as the UTF-8 JSON of a text message: compact."""
     return orjson.dumps(message)
 
 
-def snapshot(*, you: str, room: str, steps: int, parts: Mapping[str, Part], revision: int, seq: int) -> dict[str, Any]:
+def document_json(room: str, steps: int, parts: Mapping[str, Part]) -> bytes:
+    """The document's JSON, built once per revision and shared by every snapshot of it."""
+    return orjson.dumps({"room": room, "steps": steps, "parts": parts})
+
+
+def snapshot_message(*, you: str, presence_id: str, revision: int, seq: int, document: bytes) -> bytes:
     """The current Shared Data: first message after ``hello``, and the answer to ``fetch``."""
-    return {
-        "type": "snapshot",
-        "v": VERSION,
-        "you": you,
-        "revision": revision,
-        "seq": seq,
-        "doc": {"room": room, "steps": steps, "parts": dict(parts)},
-    }
+    return (b'{"type":"snapshot","v":1,"you":"%s","id":"%s","revision":%d,"seq":%d,"doc":%s}'
+            % (you.encode(), presence_id.encode(), revision, seq, document))
 
 
-def update_frame(*, user: str, seq: int, revision: int, part: Part) -> bytes:
-    """One accepted part, sent to every other client of the room (encoded once for all of them)."""
+def update_message(*, user: str, seq: int, revision: int, part: Part | None) -> bytes:
+    """One accepted part (``None``: the part was removed), sent to every other client of the room."""
     return orjson.dumps({"type": "update", "user": user, "seq": seq, "revision": revision, "part": part})
 
 
-def ack_frame(*, seq: int, revision: int) -> bytes:
+def ack_message(*, seq: int, revision: int) -> bytes:
     """Confirmation to the sender: update ``seq`` is durable as room ``revision``."""
     return b'{"type":"ack","seq":%d,"revision":%d}' % (seq, revision)
 
 
-def presence(users: list[dict[str, Any]]) -> dict[str, Any]:
-    """Everyone connected to the room and their transport state."""
-    return {"type": "presence", "users": users}
+def presence_entry(presence_id: str, user: str, playing: bool, bpm: float | None) -> dict[str, Any]:
+    """One connection's entry in presence."""
+    return {"id": presence_id, "user": user, "playing": playing, "bpm": bpm}
 
 
-def error(problem: Invalid, seq: int | None = None) -> dict[str, Any]:
+def presence_table(entries: Iterable[Mapping[str, Any]]) -> bytes:
+    """The whole presence table of a room: replaces whatever the client had."""
+    return orjson.dumps({"type": "presence", "users": list(entries)})
+
+
+def presence_changes(changed: Iterable[Mapping[str, Any]], left: Iterable[str]) -> bytes:
+    """What changed in presence since the last message: entries new or changed, and the ids that left."""
+    return orjson.dumps({"type": "presence", "changed": list(changed), "left": list(left)})
+
+
+def error_message(problem: Invalid, seq: int | None = None) -> bytes:
     """An error answer; ``seq`` names the refused update when there is one."""
     message: dict[str, Any] = {"type": "error", "code": problem.code, "message": problem.message}
     if seq is not None:
         message["seq"] = seq
-    return message
+    return orjson.dumps(message)

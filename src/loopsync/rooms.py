@@ -1,112 +1,296 @@
-"""A room's Shared Data and membership: the server's rules, with no I/O.
+"""A room's Shared Data, its members and the rules of accepting an update, with no I/O.
 
-The server feeds a :class:`Room` what its connections say and sends what the
-room returns; the store persists :class:`Accepted` records. Ownership comes
-from the ``user`` the connection joined as, never from the message.
+The server keeps one :class:`Room` per room that has members (or had them a
+moment ago): the committed Shared Data (every user's latest
+:class:`Accepted` record and the room's revision), the members' presence,
+and caches of what every snapshot and presence table of the current state
+looks like. It feeds the room what its connections say and sends what the
+room returns.
+
+An update's fate is decided in two steps. :meth:`Room.check` applies the
+rules that need no state: ownership (from the connection's user, never from
+the message) and the part's shape. :func:`sequence` then decides, for a
+batch of updates about to be committed together, which ones are accepted
+and with which revision: the user's seq must be above their last accepted
+one (and at most :data:`~loopsync.protocol.MAX_SEQ_STEP` above it), and a
+room holding :data:`MAX_PARTS` parts makes room for a new user's part by
+removing the part of an absent user that was written longest ago. Only
+once the store has committed a batch does the server :meth:`Room.apply` its
+records, so the room never shows what a crash could still take back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple, Union
 
-from .document import DEFAULT_STEPS, MAX_PARTS, Invalid, Part, Parts, check_part, copy_part
-from .protocol import Update
+from .document import DEFAULT_STEPS, Invalid, Part, check_part
+from .protocol import FREE_SEQS, MAX_SEQ_STEP, Update, document_json, presence_changes, presence_entry, presence_table
 
-MAX_MEMBERS = 512
+MAX_CONNECTIONS: Final = 512
+"""Connections in one room (a user's tabs count one each)."""
+MAX_USERS: Final = 256
+"""Different users connected to one room at once."""
+MAX_PARTS: Final = 256
+"""Parts one room holds; a new user's part then replaces the oldest part of an absent user."""
 
 
 class Accepted(NamedTuple):
-    """An update the room applied: what the store must make durable before anyone hears of it.
+    """A committed change of one user's part: what the store makes durable and the room applies.
 
-    A named tuple rather than a frozen dataclass: one is made for every
-    update, and a tuple is built in a fraction of the time. ``part`` is
-    never changed in place (a later update replaces the whole part), so the
-    record, both copies of the room and the store may share it.
+    ``part`` ``None`` is a removal (the part gave way to a new user's; the
+    user's seq starts again from 0). A named tuple rather than a frozen
+    dataclass: one is made for every update. ``part`` is never changed in
+    place, so the record, the room and the store share it.
     """
 
     room: str
     user: str
     seq: int
     revision: int
+    part: Part | None
+
+
+class RoomRecord(NamedTuple):
+    """A room as the store has it: its revision and each user's latest record, oldest first."""
+
+    revision: int
+    records: list[Accepted]
+
+
+class Proposal(NamedTuple):
+    """An update that passed :meth:`Room.check`, on its way to the store with its room."""
+
+    room: Room
+    user: str
+    seq: int
     part: Part
 
 
-@dataclass
+Outcome = Union[list[Accepted], Invalid]
+"""What :func:`sequence` (or a store that sequences in its database) decides for one proposal."""
+
+
 class Member:
     """One connection's presence in a room."""
 
-    user: str
-    playing: bool = False
-    bpm: float | None = None
+    __slots__ = ("id", "user", "playing", "bpm", "announced")
+
+    def __init__(self, member_id: str, user: str, playing: bool, bpm: float | None) -> None:
+        self.id = member_id
+        self.user = user
+        self.playing = playing
+        self.bpm = bpm
+        self.announced = False
+        """Some connection has been told of this member (so its leaving must be told too)."""
+
+    def entry(self) -> dict[str, Any]:
+        return presence_entry(self.id, self.user, self.playing, self.bpm)
 
 
-@dataclass
 class Room:
-    """Shared Data of one room plus who is connected to it.
+    """Committed Shared Data of one room, and who is connected to it."""
 
-    ``seqs[user]`` is the highest update seq accepted from ``user``: updates
-    must arrive with a larger one, which makes resends after a reconnect safe
-    (a repeated update is refused as ``stale_seq``, never applied twice).
-    """
+    __slots__ = ("name", "steps", "revision", "records", "members", "_users", "_document", "_table", "_changes")
 
-    name: str
-    steps: int = DEFAULT_STEPS
-    parts: Parts = field(default_factory=dict)
-    seqs: dict[str, int] = field(default_factory=dict)
-    revision: int = 0
-    members: dict[int, Member] = field(default_factory=dict)
+    def __init__(self, name: str, record: RoomRecord | None = None, steps: int = DEFAULT_STEPS) -> None:
+        self.name = name
+        self.steps = steps
+        self.revision = 0
+        self.records: dict[str, Accepted] = {}
+        """Each user's latest record (never a removal: a removed user has none)."""
+        self.members: dict[str, Member] = {}
+        self._users: dict[str, int] = {}
+        """Connected users and how many connections each has."""
+        self._document: bytes | None = None
+        self._table: bytes | None = None
+        self._changes: dict[str, Member | None] = {}
+        """Presence not yet told: member id -> its entry, or ``None`` when it left."""
+        if record is not None:
+            self.revision = record.revision
+            for accepted in record.records:
+                self.records[accepted.user] = accepted
 
-    def join(self, connection_id: int, user: str, playing: bool, bpm: float | None) -> Invalid | None:
-        """Add a connection; refuse it when the room is full."""
-        if len(self.members) >= MAX_MEMBERS:
-            return Invalid("room_full", f"room {self.name!r} has {MAX_MEMBERS} connections already")
-        users = self._users()
-        if user not in users and len(users) >= MAX_PARTS:
-            return Invalid("room_full", f"room {self.name!r} has {MAX_PARTS} users already")
-        self.members[connection_id] = Member(user, playing, bpm)
+    # -- Shared Data -----------------------------------------------------------
+
+    def check(self, user: str, update: Update) -> Invalid | None:
+        """The rules that need no state: ``user`` may write only their own part, and it must fit the room."""
+        if update.claimed_user is not None and update.claimed_user != user:
+            return Invalid("forbidden", f"you are {user!r} and may not write the part of {update.claimed_user[:40]!r}")
+        return check_part(update.part, self.steps)
+
+    def apply(self, accepted: Accepted) -> None:
+        """Apply a committed record; records come in revision order."""
+        if accepted.part is None:
+            self.records.pop(accepted.user, None)
+        else:
+            self.records[accepted.user] = accepted
+        self.revision = accepted.revision
+        self._document = None
+
+    def seq_of(self, user: str) -> int:
+        """The last seq accepted from ``user`` (0 if none)."""
+        record = self.records.get(user)
+        return record.seq if record is not None else 0
+
+    def parts(self) -> dict[str, Part]:
+        """Every user's part, by user."""
+        return {user: record.part for user, record in sorted(self.records.items()) if record.part is not None}
+
+    def document(self) -> bytes:
+        """The document's JSON at the committed revision, built once per revision for every snapshot."""
+        if self._document is None:
+            self._document = document_json(self.name, self.steps, self.parts())
+        return self._document
+
+    # -- members and presence --------------------------------------------------------
+
+    def join(self, member_id: str, user: str, playing: bool, bpm: float | None) -> Invalid | None:
+        """Add a connection, unless the room has :data:`MAX_CONNECTIONS` or :data:`MAX_USERS` connected users."""
+        if len(self.members) >= MAX_CONNECTIONS:
+            return Invalid("room_full", f"room {self.name!r} has {MAX_CONNECTIONS} connections already")
+        users = self._users
+        if user not in users and len(users) >= MAX_USERS:
+            return Invalid("room_full", f"room {self.name!r} has {MAX_USERS} users connected already")
+        member = self.members[member_id] = Member(member_id, user, playing, bpm)
+        users[user] = users.get(user, 0) + 1
+        self._changes[member_id] = member
+        self._table = None
         return None
 
-    def leave(self, connection_id: int) -> None:
+    def leave(self, member_id: str) -> None:
         """Forget a connection; its user's part stays in Shared Data."""
-        self.members.pop(connection_id, None)
+        member = self.members.pop(member_id, None)
+        if member is None:
+            return
+        users = self._users
+        users[member.user] -= 1
+        if not users[member.user]:
+            del users[member.user]
+        if member.announced:
+            self._changes[member_id] = None
+        else:
+            self._changes.pop(member_id, None)  # nobody heard of it: nobody needs to hear it left
+        self._table = None
 
-    def set_transport(self, connection_id: int, playing: bool, bpm: float | None) -> None:
-        """Record a member's play/pause state and tempo for presence."""
-        member = self.members[connection_id]
+    def set_transport(self, member_id: str, playing: bool, bpm: float | None) -> bool:
+        """Record a member's play/pause state and tempo (``bpm`` ``None``: unchanged); whether anything changed."""
+        member = self.members[member_id]
+        if member.playing == playing and (bpm is None or member.bpm == bpm):
+            return False
         member.playing = playing
         if bpm is not None:
             member.bpm = bpm
+        self._changes[member_id] = member
+        self._table = None
+        return True
 
-    def accept(self, user: str, update: Update) -> Accepted | Invalid:
-        """Validate ``user``'s update and apply it whole, or refuse it whole."""
-        if update.claimed_user is not None and update.claimed_user != user:
-            return Invalid("forbidden", f"you are {user!r} and may not write the part of {update.claimed_user[:40]!r}")
-        problem = check_part(update.part, self.steps)
-        if problem:
-            return problem
-        last_seq = self.seqs.get(user, 0)
-        if update.seq <= last_seq:
-            return Invalid("stale_seq", f"seq {update.seq} is not above the last accepted seq {last_seq}")
-        if user not in self.parts and len(self.parts) >= MAX_PARTS:
-            return Invalid("room_full", f"room {self.name!r} has {MAX_PARTS} parts already")
-        part = copy_part(update.part)
+    def present_users(self) -> dict[str, int]:
+        """Users with at least one connection to the room (and how many connections each has)."""
+        return self._users
+
+    def presence_table(self) -> bytes:
+        """The whole presence table (a joiner's first presence message); everyone in it counts as told."""
+        if self._table is None:
+            for member in self.members.values():
+                member.announced = True
+            self._table = presence_table(member.entry() for member in sorted(self.members.values(), key=_by_user))
+        return self._table
+
+    @property
+    def presence_changed(self) -> bool:
+        """Presence has changes not yet told."""
+        return bool(self._changes)
+
+    def take_presence_changes(self, limit: int) -> bytes | None:
+        """The next presence changes message (at most ``limit`` entries, oldest changes first), or ``None``."""
+        if not self._changes:
+            return None
+        changed: list[dict[str, Any]] = []
+        left: list[str] = []
+        for member_id in list(self._changes)[:limit]:
+            member = self._changes.pop(member_id)
+            if member is None:
+                left.append(member_id)
+            else:
+                member.announced = True
+                changed.append(member.entry())
+        return presence_changes(changed, left)
+
+    @property
+    def idle(self) -> bool:
+        """Nobody is connected."""
+        return not self.members
+
+
+def _by_user(member: Member) -> tuple[str, str]:
+    return member.user, member.id
+
+
+class _Tentative:
+    """A room's state while one batch is sequenced: the committed records with the batch's changes on top."""
+
+    __slots__ = ("room", "revision", "changes", "part_count")
+
+    def __init__(self, room: Room) -> None:
+        self.room = room
+        self.revision = room.revision
+        self.changes: dict[str, Accepted | None] = {}
+        self.part_count = len(room.records)
+
+    def record(self, user: str) -> Accepted | None:
+        if user in self.changes:
+            return self.changes[user]
+        return self.room.records.get(user)
+
+    def accept(self, user: str, seq: int, part: Part) -> list[Accepted] | Invalid:
+        record = self.record(user)
+        last_seq = record.seq if record is not None else 0
+        if seq <= last_seq:
+            return Invalid("stale_seq", f"seq {seq} is not above the last accepted seq {last_seq}")
+        if seq > max(last_seq, FREE_SEQS) + MAX_SEQ_STEP:
+            return Invalid("bad_seq", f"seq {seq} is more than {MAX_SEQ_STEP} above the last accepted seq {last_seq} (above 2^52, seqs grow by at most 2^20 per update)")
+        accepted: list[Accepted] = []
+        if record is None and self.part_count >= MAX_PARTS:
+            victim = self._oldest_absent(user)
+            if victim is None:
+                return Invalid("room_full", f"room {self.room.name!r} has {MAX_PARTS} parts, all of connected users")
+            self.revision += 1
+            removal = Accepted(self.room.name, victim.user, 0, self.revision, None)
+            self.changes[victim.user] = None
+            self.part_count -= 1
+            accepted.append(removal)
         self.revision += 1
-        self.parts[user] = part
-        self.seqs[user] = update.seq
-        return Accepted(self.name, user, update.seq, self.revision, part)
+        if record is None:
+            self.part_count += 1
+        new = Accepted(self.room.name, user, seq, self.revision, part)
+        self.changes[user] = new
+        accepted.append(new)
+        return accepted
 
-    def restore(self, accepted: Accepted) -> None:
-        """Apply a part that is already accepted: at start-up from the store, and to the server's committed copy."""
-        self.parts[accepted.user] = accepted.part
-        self.seqs[accepted.user] = accepted.seq
-        if accepted.revision > self.revision:
-            self.revision = accepted.revision
+    def _oldest_absent(self, user: str) -> Accepted | None:
+        present = self.room.present_users()
+        oldest: Accepted | None = None
+        for candidate_user in set(self.room.records) | set(self.changes):
+            candidate = self.record(candidate_user)
+            if candidate is None or candidate_user == user or candidate_user in present:
+                continue
+            if oldest is None or candidate.revision < oldest.revision:
+                oldest = candidate
+        return oldest
 
-    def presence(self) -> list[dict[str, Any]]:
-        """Presence entries, one per connection, sorted by user."""
-        entries = [{"user": m.user, "playing": m.playing, "bpm": m.bpm} for m in self.members.values()]
-        return sorted(entries, key=lambda entry: (entry["user"], not entry["playing"]))
 
-    def _users(self) -> set[str]:
-        return set(self.parts) | {member.user for member in self.members.values()}
+def sequence(batch: list[Proposal]) -> list[list[Accepted] | Invalid]:
+    """Decide a batch of proposals against their rooms' committed state, in order (a store without a database's own rules calls it).
+
+    Proposals of one room see the ones before them in the batch. Accepted
+    proposals get consecutive revisions; nothing is applied to the rooms
+    (the caller does that once the batch is committed).
+    """
+    tentative: dict[int, _Tentative] = {}
+    outcomes: list[list[Accepted] | Invalid] = []
+    for proposal in batch:
+        state = tentative.get(id(proposal.room))
+        if state is None:
+            state = tentative[id(proposal.room)] = _Tentative(proposal.room)
+        outcomes.append(state.accept(proposal.user, proposal.seq, proposal.part))
+    return outcomes

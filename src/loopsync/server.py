@@ -1,56 +1,78 @@
-"""The loopsync server: WebSocket transport around the rules of ``rooms.py``.
+"""The loopsync server: connections and rooms around the rules of ``rooms.py`` and a store.
 
-This module moves messages and nothing more. For each text frame a
-connection's reader task parses it (``protocol.parse_client_message``), lets
-the room decide (``rooms.Room``), hands what the room accepted to the store
-(``save_soon``) and reads on. When the store has committed it, a callback
-queues the answers: ``ack`` to the sender, ``update`` to every other
-connection of the room. The room's rules never live here.
+This module moves messages and keeps the server fair; the rules live in
+``rooms.py``, the wire in ``protocol.py`` and ``websocket.py``, and each
+connection's own limits (time, reading rate, unsent bytes) in
+``connection.py``. What it adds is what no single connection can see:
 
-Each connection has its reader (aiohttp's handler task) and an
-:class:`~loopsync.outbox.Outbox`: answers go straight into the socket while
-the peer keeps up and wait in a bounded queue when it does not. A client
-that stops reading therefore only fills its own outbox; when that is full it
-is closed with 1008 ``too slow``, and the rest of its room never waits for it.
-
-Each room keeps two copies of its Shared Data: ``live`` (what the room has
-accepted, some of it possibly still on its way to the disk) decides the next
-update, and ``committed`` (only what the store has confirmed) is what
-snapshots are built from, so a snapshot never shows an edit that a crash
-could still lose.
+- **Rooms come and go.** A room is loaded from the store when its first
+  member says ``hello`` and leaves memory :data:`ROOM_GRACE_SECONDS` after
+  its last member left and its last commit was answered. Start-up reads
+  nothing, so memory follows the rooms in use, not the rooms ever written.
+- **Replies keep request order.** Each update waits for its commit; an
+  answer to a later message of the same connection (an error, a snapshot)
+  waits behind it, so a client sees its answers in the order it asked.
+- **Delivery is fair between rooms.** A committed update is applied to its
+  room at once (snapshots show it), and its ``ack`` and the ``update`` for
+  the room's other members go out in revision order, a room at a time, round
+  robin, at most :data:`ROOM_SLICE_WRITES` writes per room per turn. A busy
+  room therefore delays another room's answers by one slice, and a room
+  whose members send faster than their room can be told stops being read
+  (:data:`ROOM_BACKLOG_WRITES`) until it has caught up. So does a connection
+  with :data:`MAX_UNANSWERED` updates not yet answered.
+- **Presence is coalesced.** Members' joins, leaves and transport changes
+  go out as one ``presence`` message of changes per room at most every
+  :data:`PRESENCE_INTERVAL_SECONDS` (a joiner gets the whole table once), so
+  its cost grows with the room, not with the square of it.
+- **Connections are bounded.** At most :data:`MAX_UNJOINED` connections may
+  wait for their handshake or their ``hello``; a newer one makes the oldest
+  go. The process takes as many descriptors as its hard limit allows and
+  keeps :data:`DESCRIPTOR_RESERVE` of them for itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import itertools
 import logging
+import re
+import resource
 import signal
 import sys
-from dataclasses import dataclass, field
+from collections import deque
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Final
+from urllib.parse import unquote_to_bytes
 
-from aiohttp import WSCloseCode, WSMsgType, web
+import orjson
 
-from . import protocol
+from . import protocol, websocket
+from .connection import CLOSE_TIMEOUT_SECONDS, OUTBOX_BYTES, UPGRADE, Connection
 from .document import Invalid
+from .logs import ThrottledLog
 from .protocol import Fetch, Hello, Transport, Update
-from .outbox import CLOSE_TIMEOUT_SECONDS, SEND_BUFFER_BYTES, Outbox
-from .rooms import Accepted, Room
+from .rooms import Accepted, Proposal, Room
 from .store import MemoryStore, SqliteStore, Store, StoreError
+from .websocket import HttpError, Request, text_frame
 
 log = logging.getLogger("loopsync.server")
+throttled = ThrottledLog(log)
 
 WEB_DIR: Final = Path(__file__).resolve().parent / "web"
 HELLO_TIMEOUT_SECONDS: Final = 10.0
-HEARTBEAT_SECONDS: Final = 20.0  # aiohttp waits half of it (10 s) for the pong
-RATE_BURST: Final = 40
-RATE_PER_SECOND: Final = 20.0
-CLOSE_GOING_AWAY: Final = int(WSCloseCode.GOING_AWAY)  # 1001
+ROOM_GRACE_SECONDS: Final = 30.0
+PRESENCE_INTERVAL_SECONDS: Final = 0.2
+PRESENCE_CHANGES_PER_MESSAGE: Final = 64
+ROOM_SLICE_WRITES: Final = 512
+TURN_WRITES: Final = 4096
+ROOM_BACKLOG_WRITES: Final = 8192
+MAX_UNANSWERED: Final = 32
+MAX_UNJOINED: Final = 1024
+FETCH_TOKENS: Final = 10
+"""What a ``fetch`` takes from its connection's rate budget: a snapshot is the largest answer there is."""
+DESCRIPTOR_RESERVE: Final = 64
 
 _CONTENT_TYPES: Final = {
     ".html": "text/html; charset=utf-8",
@@ -64,70 +86,96 @@ _CONTENT_TYPES: Final = {
     ".wav": "audio/wav",
     ".txt": "text/plain; charset=utf-8",
 }
+_FILE_SEGMENT: Final = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
-class _Connection(Outbox):
-    """One WebSocket: its outbox, its identity in a room and its rate limit."""
+class _Reply:
+    """A place in a connection's replies, kept for an update until its commit says what to answer."""
 
-    __slots__ = ("id", "user", "room", "tokens", "tokens_at", "hello_timer")
+    __slots__ = ("frame",)
 
-    def __init__(self, connection_id: int, ws: web.WebSocketResponse, transport: asyncio.Transport | None, now_seconds: float) -> None:
-        super().__init__(ws, transport, label=str(connection_id))
+    def __init__(self) -> None:
+        self.frame: bytes | None = None
+
+
+_SNAPSHOT: Final = object()
+"""A reply entry: a snapshot, built when its turn comes (so it shows every commit answered before it)."""
+
+
+class _Peer(Connection):
+    """A connection and, once it has said ``hello``, a member of a room."""
+
+    __slots__ = ("server", "id", "user", "room", "presence_id", "replies", "unanswered", "seen_revision", "hello_timer", "joining")
+
+    def __init__(self, server: Server, connection_id: int) -> None:
+        super().__init__(server)
+        self.server = server
+        self.outbox_bytes = server.outbox_bytes
         self.id = connection_id
+        self.label = str(connection_id)
         self.user: str | None = None
         self.room: _RoomState | None = None
-        self.tokens = float(RATE_BURST)
-        self.tokens_at = now_seconds
+        self.presence_id = str(connection_id)
+        self.replies: deque[_Reply | bytes | object] = deque()
+        """Answers waiting for an earlier update's commit, in request order."""
+        self.unanswered = 0
+        self.seen_revision = 0
+        """The revision of the last snapshot sent: updates up to it are already in the client's hands."""
         self.hello_timer: asyncio.TimerHandle | None = None
+        self.joining = False
 
-    def take_token(self, now_seconds: float) -> bool:
-        """Token bucket (burst ``RATE_BURST``, refilled at ``RATE_PER_SECOND``): may this message pass?"""
-        tokens = self.tokens + (now_seconds - self.tokens_at) * RATE_PER_SECOND
-        self.tokens_at = now_seconds
-        if tokens > RATE_BURST:
-            tokens = RATE_BURST
-        if tokens < 1.0:
-            self.tokens = tokens
-            return False
-        self.tokens = tokens - 1.0
-        return True
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.server._accepted(self)
 
 
-@dataclass
 class _RoomState:
-    """A room's rules (``live``), its committed copy for snapshots, and its connections."""
+    """A room in memory: its rules and state (``room``), its connections and what waits to be sent to them."""
 
-    live: Room
-    committed: Room
-    connections: dict[int, _Connection] = field(default_factory=dict)
+    __slots__ = ("room", "peers", "outgoing", "backlog_writes", "scheduled", "held", "pending", "presence_timer",
+                 "presence_sent_at", "idle_timer")
 
-    @classmethod
-    def restored(cls, name: str, records: list[Accepted]) -> _RoomState:
-        """The room as the store has it."""
-        live, committed = Room(name), Room(name)
-        for accepted in records:
-            live.restore(accepted)
-            committed.restore(accepted)
-        return cls(live, committed)
+    def __init__(self, room: Room) -> None:
+        self.room = room
+        self.peers: dict[int, _Peer] = {}
+        self.outgoing: deque[tuple[Accepted, _Peer | None, _Reply | None]] = deque()
+        """Committed records to tell the members, in revision order (with the sender and its reply)."""
+        self.backlog_writes = 0
+        self.scheduled = False
+        self.held: list[_Peer] = []
+        """Members that stopped being read because the room's backlog is too long."""
+        self.pending = 0
+        """Proposals with the store."""
+        self.presence_timer: asyncio.TimerHandle | None = None
+        self.presence_sent_at = -PRESENCE_INTERVAL_SECONDS
+        self.idle_timer: asyncio.TimerHandle | None = None
 
 
 class Server:
-    """The server's state and routes; start it with :func:`running` or :func:`main_serve`."""
+    """The server's state and its answers to connections; start it with :func:`running` or :func:`main_serve`."""
 
-    def __init__(self, store: Store | None = None, *, hello_timeout: float = HELLO_TIMEOUT_SECONDS, web_dir: Path = WEB_DIR) -> None:
+    def __init__(self, store: Store | None = None, *, hello_timeout: float = HELLO_TIMEOUT_SECONDS, web_dir: Path = WEB_DIR,
+                 allowed_origins: tuple[str, ...] = (), room_grace: float = ROOM_GRACE_SECONDS,
+                 max_connections: int | None = None, outbox_bytes: int = OUTBOX_BYTES) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         self.hello_timeout = hello_timeout
         self.web_dir = web_dir.resolve()
+        self.allowed_origins = frozenset(origin.rstrip("/").lower() for origin in allowed_origins)
+        self.room_grace = room_grace
+        self.max_connections = max_connections
+        self.outbox_bytes = outbox_bytes
         self.rooms: dict[str, _RoomState] = {}
-        self.connections: dict[int, _Connection] = {}
+        self.connections: dict[int, _Peer] = {}
+        self.unjoined: dict[int, _Peer] = {}
+        """Connections that have not joined a room yet, oldest first."""
         self.port = 0
         self.host = "127.0.0.1"
-        self._handlers: set[asyncio.Task[Any]] = set()
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self._broken_rooms: set[str] = set()
-        self._messages_read = 0
-        """Messages read on all connections: tells a reader whether others had a turn since its last one."""
+        self._loading: dict[str, asyncio.Future[_RoomState]] = {}
+        self._turns: deque[_RoomState] = deque()
+        self._turn_scheduled = False
+        self._server: asyncio.AbstractServer | None = None
+        self._stopping = False
 
     @property
     def http_url(self) -> str:
@@ -142,287 +190,460 @@ class Server:
     def _url_host(self) -> str:
         return f"[{self.host}]" if ":" in self.host else self.host
 
-    def make_app(self) -> web.Application:
-        """The aiohttp application: ``/ws`` and the web client's files."""
-        app = web.Application()
-        app.router.add_get("/ws", self._websocket)
-        app.router.add_get("/{path:.*}", self._static)
-        app.on_shutdown.append(self._on_shutdown)
-        return app
-
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Open the store, load its rooms and listen; ``port`` 0 picks a free port (read it back from ``.port``)."""
-        self.store.open()
-        for name, records in self.store.load_rooms().items():
-            self.rooms[name] = _RoomState.restored(name, records)
-        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=CLOSE_TIMEOUT_SECONDS)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        """Open the store and listen; ``port`` 0 picks a free port (read it back from ``.port``)."""
+        await self.store.open()
+        if self.max_connections is None:
+            self.max_connections = raise_descriptor_limit() - DESCRIPTOR_RESERVE
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            self._server = await loop.create_server(lambda: _Peer(self, next(self._ids)), host, port, backlog=1024)
         except BaseException:
-            await runner.cleanup()
+            await self.store.close()
             raise
-        self._runner = runner
         self.host = host
-        self.port = int(runner.addresses[0][1])
+        self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
-        """Close every connection with 1001, stop listening and close the store."""
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        """Stop listening, close every WebSocket with 1001, answer what the store has pending and close it."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for peer in list(self.connections.values()):
+            if peer.state == "open":
+                peer.close(protocol.CLOSE_GOING_AWAY, "server shutting down")
+            else:
+                peer.abort()
+        deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT_SECONDS
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        for peer in list(self.connections.values()):
+            peer.abort()
         await self.store.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
 
-    async def _on_shutdown(self, app: web.Application) -> None:
-        for connection in list(self.connections.values()):
-            connection.push_close(CLOSE_GOING_AWAY, "server shutting down")
-        if self._handlers:
-            await asyncio.wait(list(self._handlers), timeout=CLOSE_TIMEOUT_SECONDS)
+    # -- connections -------------------------------------------------------------------
 
-    # -- static files --------------------------------------------------------------
-
-    async def _static(self, request: web.Request) -> web.StreamResponse:
-        relative = request.match_info["path"] or "index.html"
-        path = (self.web_dir / relative).resolve()
-        if not path.is_relative_to(self.web_dir) or not path.is_file():
-            raise web.HTTPNotFound(text="not found\n")
-        headers = {"Cache-Control": "no-cache"}
-        content_type = _CONTENT_TYPES.get(path.suffix.lower())
-        if content_type:
-            headers["Content-Type"] = content_type
-        return web.FileResponse(path, headers=headers)
-
-    # -- WebSocket -----------------------------------------------------------------
-
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(
-            compress=False,
-            heartbeat=HEARTBEAT_SECONDS,
-            max_msg_size=protocol.MAX_FRAME_BYTES + 1,  # aiohttp refuses a payload >= the limit
-            timeout=CLOSE_TIMEOUT_SECONDS,
-            writer_limit=SEND_BUFFER_BYTES,  # how often aiohttp checks for backpressure (default 256 KiB)
-        )
-        await ws.prepare(request)
-        loop = asyncio.get_running_loop()
-        connection = _Connection(next(self._ids), ws, request.transport, loop.time())
-        self.connections[connection.id] = connection
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-        connection.start()
-        connection.hello_timer = loop.call_later(self.hello_timeout, self._hello_expired, connection)
-        try:
-            await self._read_loop(connection)
-        except Exception:
-            log.exception("internal error on connection %d (%s)", connection.id, connection.user or "before hello")
-            self._fail(connection)
-        finally:
-            connection.hello_timer.cancel()
-            self._leave(connection)
-            del self.connections[connection.id]
-            if task is not None:
-                self._handlers.discard(task)
-            await connection.finish()
-        return ws
-
-    def _hello_expired(self, connection: _Connection) -> None:
-        if connection.room is None:
-            connection.push_close(protocol.CLOSE_POLICY, "no hello")
-
-    async def _read_loop(self, connection: _Connection) -> None:
-        loop = asyncio.get_running_loop()
-        my_last_read = -1
-        async for message in connection.ws:
-            # aiohttp hands over frames that are already buffered without
-            # yielding, so a burst on one socket could run ahead of the readers
-            # it fills (an outbox should only fill up because its peer is slow,
-            # never because its peer did not get a turn to read). When no other
-            # connection's message has been read since this one's last, yield
-            # once; under load the readers take turns anyway and nobody yields.
-            self._messages_read += 1
-            others_had_a_turn = self._messages_read != my_last_read + 1
-            my_last_read = self._messages_read
-            if not others_had_a_turn:
-                await asyncio.sleep(0)
-            if connection.closing:
-                break
-            allowed = connection.take_token(loop.time())
-            if message.type is WSMsgType.TEXT:
-                parsed = protocol.parse_client_message(message.data)
-            elif message.type is WSMsgType.BINARY:
-                parsed = Invalid("bad_message", "binary frames are not accepted; send JSON text")
-            else:
-                break  # ERROR: aiohttp has closed the connection (1009 for a frame too big)
-            if not allowed:
-                seq = parsed.seq if isinstance(parsed, Update) else None
-                self._send_error(connection, Invalid("rate_limited", f"more than {RATE_BURST} messages at once or {RATE_PER_SECOND:g} per second"), seq)
-                continue
-            # Only a hello waits for anything (its room may be loaded from the
-            # store); every other message, an edit above all, is handled
-            # without a coroutine to create and await.
-            if isinstance(parsed, Hello):
-                await self._hello(connection, parsed)
-            else:
-                self._handle(connection, parsed)
-
-    def _handle(self, connection: _Connection, message: Update | Transport | Fetch | Invalid) -> None:
-        if type(message) is Update and connection.room is not None:  # the message of every edit: checked first
-            self._update(connection, connection.room, message)
-        elif isinstance(message, Invalid):
-            self._refuse(connection, message)
-        elif connection.room is None:
-            self._send_error(connection, Invalid("not_joined", "send hello first"), message.seq if isinstance(message, Update) else None)
-        elif isinstance(message, Transport):
-            connection.room.live.set_transport(connection.id, message.playing, message.bpm)
-            self._broadcast_presence(connection.room)
-        elif isinstance(message, Fetch):
-            self._send_snapshot(connection, connection.room)
-
-    def _refuse(self, connection: _Connection, problem: Invalid) -> None:
-        if problem.code in ("bad_version", "bad_name"):  # only a hello gets these
-            if connection.room is not None:
-                self._send_error(connection, Invalid("already_joined", "this connection has already joined"))
-                return
-            self._send_error(connection, problem)
-            connection.push_close(protocol.CLOSE_POLICY, problem.code)
+    def _accepted(self, peer: _Peer) -> None:
+        if self._stopping:
+            peer.abort()
             return
-        self._send_error(connection, problem)
-
-    async def _hello(self, connection: _Connection, hello: Hello) -> None:
-        if connection.room is not None:
-            self._send_error(connection, Invalid("already_joined", f"this connection has already joined as {connection.user!r}"))
+        assert self.max_connections is not None
+        if len(self.connections) >= self.max_connections:
+            throttled.log("connection limit", logging.WARNING, "at the connection limit (%d): refusing a new connection", self.max_connections)
+            peer.abort()
             return
-        state = await self._room_state(hello.room)
-        if connection.closing:
-            return
-        problem = state.live.join(connection.id, hello.user, hello.playing, hello.bpm)
-        if problem:
-            self._send_error(connection, problem)
-            connection.push_close(protocol.CLOSE_POLICY, problem.code)
-            return
-        if connection.hello_timer is not None:
-            connection.hello_timer.cancel()
-        connection.user = hello.user
-        connection.room = state
-        state.connections[connection.id] = connection
-        self._send_snapshot(connection, state)
-        self._broadcast_presence(state)
+        self.connections[peer.id] = peer
+        if len(self.unjoined) >= MAX_UNJOINED:
+            oldest = next(iter(self.unjoined.values()))
+            throttled.log("unjoined limit", logging.INFO, "%d connections wait for a handshake or a hello: cutting the oldest", MAX_UNJOINED)
+            oldest.abort()
+            self.unjoined.pop(oldest.id, None)
+        self.unjoined[peer.id] = peer
 
-    async def _room_state(self, name: str) -> _RoomState:
-        state = self.rooms.get(name)
-        if state is not None:
-            return state
-        if name in self._broken_rooms:
-            # A commit of this room failed: rebuild it from what the disk has,
-            # once every write that was in flight has settled.
-            await self.store.flush()
-            records = await self.store.load_room(name)
-            state = self.rooms.get(name)
-            if state is None:
-                state = self.rooms[name] = _RoomState.restored(name, records)
-                self._broken_rooms.discard(name)
-            return state
-        state = self.rooms[name] = _RoomState(Room(name), Room(name))
-        return state
+    def lost(self, connection: Connection) -> None:
+        """A connection is gone: forget it and take it out of its room."""
+        peer = _as_peer(connection)
+        self.connections.pop(peer.id, None)
+        self.closing(peer)
 
-    def _update(self, connection: _Connection, state: _RoomState, update: Update) -> None:
-        assert connection.user is not None
-        accepted = state.live.accept(connection.user, update)
-        if isinstance(accepted, Invalid):
-            self._send_error(connection, accepted, update.seq)
-            return
-        # The reader goes on reading; the answers wait for the commit. Commits
-        # complete in the order they were queued, so a room's updates go out
-        # in revision order.
-        frame = protocol.update_frame(user=accepted.user, seq=accepted.seq, revision=accepted.revision, part=accepted.part)
-        self.store.save_soon(accepted, functools.partial(self._committed, connection, state, accepted, frame))
-
-    def _committed(self, connection: _Connection, state: _RoomState, accepted: Accepted, frame: bytes, problem: StoreError | None) -> None:
-        """The store has committed ``accepted`` (or failed to): acknowledge it and send it to the room."""
-        if self.rooms.get(accepted.room) is not state:
-            return  # the room failed and was closed while this commit was on its way
-        if problem is not None:
-            log.error("could not commit update %d of %r in room %r: %s", accepted.seq, accepted.user, accepted.room, problem)
-            self._break_room(state, connection)
-            return
-        state.committed.restore(accepted)
-        too_slow = []
-        if connection.room is state and not connection.push(protocol.ack_frame(seq=accepted.seq, revision=accepted.revision)):
-            too_slow.append(connection)
-        for other in state.connections.values():
-            if other is not connection and not other.push(frame):
-                too_slow.append(other)
-        if too_slow:
-            self._drop_too_slow(too_slow)
-
-    def _break_room(self, state: _RoomState, sender: _Connection) -> None:
-        """A commit failed: Shared Data in memory is ahead of the disk, so close the room and rebuild it later."""
-        if self.rooms.get(state.live.name) is state:
-            del self.rooms[state.live.name]
-            self._broken_rooms.add(state.live.name)
-        if sender.room is state:
-            self._fail(sender)
-        for connection in list(state.connections.values()):
-            self._fail(connection, tell=False)
-
-    def _fail(self, connection: _Connection, *, tell: bool = True) -> None:
-        """An internal error: say only that, and close with 1011."""
-        if tell:
-            self._send_error(connection, Invalid("internal", "internal server error"))
-        self._leave(connection)
-        connection.push_close(protocol.CLOSE_INTERNAL, "internal error")
-
-    def _leave(self, connection: _Connection) -> None:
-        state = connection.room
+    def closing(self, connection: Connection) -> None:
+        """A connection is closing (or gone): it leaves its room at once."""
+        peer = _as_peer(connection)
+        self.unjoined.pop(peer.id, None)
+        if peer.hello_timer is not None:
+            peer.hello_timer.cancel()
+            peer.hello_timer = None
+        state = peer.room
         if state is None:
             return
-        connection.room = None
-        state.live.leave(connection.id)
-        state.connections.pop(connection.id, None)
-        if self.rooms.get(state.live.name) is state:
-            if not state.connections and state.live.revision == 0:
-                del self.rooms[state.live.name]  # nothing to keep: no part was ever written
+        peer.room = None
+        state.peers.pop(peer.id, None)
+        state.room.leave(peer.presence_id)
+        if peer in state.held:
+            state.held.remove(peer)
+        self._presence_changed(state)
+        self._maybe_idle(state)
+
+    def http_request(self, connection: Connection, request: Request) -> bytes | HttpError | object:
+        """Answer a plain HTTP request (the web client's files), or accept a WebSocket upgrade of ``/ws``."""
+        path, _, _ = request.target.partition("?")
+        if path == "/ws":
+            origin = request.headers.get("origin")
+            if origin is not None and not self._origin_allowed(origin, request.headers.get("host", "")):
+                return HttpError(403, f"WebSocket upgrades from {origin[:100]} are not allowed")
+            return UPGRADE
+        if request.method not in ("GET", "HEAD"):
+            return HttpError(405, "only GET and HEAD")
+        return self._static(path, head_only=request.method == "HEAD")
+
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        origin = origin.rstrip("/").lower()
+        if origin in (f"http://{host.lower()}", f"https://{host.lower()}"):
+            return True
+        return origin in self.allowed_origins
+
+    def _static(self, path: str, *, head_only: bool) -> bytes | HttpError:
+        try:
+            decoded = unquote_to_bytes(path).decode("utf-8")
+        except UnicodeDecodeError:
+            return HttpError(400, "the path is not UTF-8")
+        segments = decoded.strip("/").split("/") if decoded.strip("/") else ["index.html"]
+        if not all(_FILE_SEGMENT.fullmatch(segment) for segment in segments):
+            return HttpError(404, "not found")
+        file = self.web_dir.joinpath(*segments)
+        try:
+            body = file.read_bytes()
+        except OSError:
+            return HttpError(404, "not found")
+        headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+        content_type = _CONTENT_TYPES.get(file.suffix.lower())
+        if content_type:
+            headers["Content-Type"] = content_type
+        return websocket.http_response(200, body, headers, head_only=head_only)
+
+    def opened(self, connection: Connection) -> None:
+        """A WebSocket is open: it has :attr:`hello_timeout` seconds to say ``hello``."""
+        peer = _as_peer(connection)
+        peer.hello_timer = asyncio.get_running_loop().call_later(self.hello_timeout, self._hello_expired, peer)
+
+    def _hello_expired(self, peer: _Peer) -> None:
+        peer.hello_timer = None
+        if peer.room is None and not peer.joining:
+            peer.close(protocol.CLOSE_POLICY, "no hello")
+
+    def caught_up(self, connection: Connection) -> None:
+        """A peer that was behind has read its backlog: send it the presence table it missed."""
+        peer = _as_peer(connection)
+        if peer.room is not None:
+            peer.send(text_frame(peer.room.room.presence_table()))
+
+    def binary(self, connection: Connection) -> None:
+        """loopsync speaks JSON text: a binary message is refused (before hello: not joined)."""
+        peer = _as_peer(connection)
+        if peer.room is None:
+            self._reply(peer, protocol.error_message(Invalid("not_joined", "send hello first")))
+        else:
+            self._reply(peer, protocol.error_message(Invalid("bad_message", "binary messages are not accepted; send JSON text")))
+
+    def text(self, connection: Connection, text: str) -> None:
+        """One message from a client."""
+        peer = _as_peer(connection)
+        try:
+            if peer.room is None:
+                self._first_message(peer, text)
+                return
+            message = protocol.parse_client_message(text)
+            kind = type(message)
+            if kind is Update:
+                self._update(peer, peer.room, message)  # type: ignore[arg-type]
+            elif kind is Transport:
+                assert isinstance(message, Transport)
+                if peer.room.room.set_transport(peer.presence_id, message.playing, message.bpm):
+                    self._presence_changed(peer.room)
+            elif kind is Fetch:
+                peer.charge(FETCH_TOKENS - 1)
+                self._reply(peer, _SNAPSHOT)
             else:
-                self._broadcast_presence(state)
+                assert isinstance(message, Invalid)
+                self._reply(peer, protocol.error_message(message, _readable_seq(text)))
+        except Exception:
+            throttled.log("internal", logging.ERROR, "internal error on connection %d (%s)", peer.id, peer.user or "before hello", exc_info=True)
+            self._reply(peer, protocol.error_message(Invalid("internal", "internal server error"), _readable_seq(text)))
+            peer.close(protocol.CLOSE_INTERNAL, "internal error")
 
-    def _send_snapshot(self, connection: _Connection, state: _RoomState) -> None:
-        committed = state.committed
-        assert connection.user is not None
-        message = protocol.snapshot(
-            you=connection.user,
-            room=committed.name,
-            steps=committed.steps,
-            parts=committed.parts,
-            revision=committed.revision,
-            seq=committed.seqs.get(connection.user, 0),
-        )
-        if not connection.push(protocol.encode(message)):
-            self._drop_too_slow([connection])
+    # -- joining -----------------------------------------------------------------------------
 
-    def _send_error(self, connection: _Connection, problem: Invalid, seq: int | None = None) -> None:
-        if not connection.push(protocol.encode(protocol.error(problem, seq))):
-            self._drop_too_slow([connection])
+    def _first_message(self, peer: _Peer, text: str) -> None:
+        if peer.joining:  # reading is held while a hello waits for its room: nothing else comes
+            return
+        hello = protocol.parse_first_message(text)
+        if isinstance(hello, Invalid):
+            self._reply(peer, protocol.error_message(hello, _readable_seq(text) if hello.code == "not_joined" else None))
+            if hello.code != "not_joined":
+                peer.close(protocol.CLOSE_POLICY, hello.code)
+            return
+        state = self.rooms.get(hello.room)
+        if state is not None:
+            self._join(peer, state, hello)
+            return
+        peer.joining = True
+        peer.hold_reading()
+        future = self._loading.get(hello.room)
+        if future is None:
+            future = self._loading[hello.room] = asyncio.ensure_future(self._load(hello.room))
+        future.add_done_callback(lambda done: self._loaded(peer, hello, done))
 
-    def _broadcast_presence(self, state: _RoomState) -> None:
-        frame = protocol.encode(protocol.presence(state.live.presence()))
-        self._drop_too_slow([c for c in state.connections.values() if not c.push_presence(frame)])
+    async def _load(self, name: str) -> _RoomState:
+        try:
+            record = await self.store.load_room(name)
+        finally:
+            del self._loading[name]
+        state = self.rooms.get(name)
+        if state is None:
+            state = self.rooms[name] = _RoomState(Room(name, record))
+        return state
 
-    def _drop_too_slow(self, connections: list[_Connection]) -> None:
-        """Disconnect peers whose outbox is full, so that they never hold up their room."""
-        for connection in connections:
-            if connection.closing:
-                continue
-            log.info("closing connection %d (%s): too slow", connection.id, connection.user)
-            connection.close_too_slow()
-            self._leave(connection)
+    def _loaded(self, peer: _Peer, hello: Hello, done: asyncio.Future[_RoomState]) -> None:
+        peer.joining = False
+        problem = done.exception()
+        if peer.state != "open":
+            if problem is None:
+                self._maybe_idle(done.result())
+            return
+        if problem is not None:
+            throttled.log("load", logging.ERROR, "could not load room %r: %s", hello.room, problem)
+            self._reply(peer, protocol.error_message(Invalid("unavailable", "the room cannot be loaded now; try again later")))
+            peer.close(1013, "try again later")
+            return
+        self._join(peer, done.result(), hello)
+        peer.release_reading()
+
+    def _join(self, peer: _Peer, state: _RoomState, hello: Hello) -> None:
+        problem = state.room.join(peer.presence_id, hello.user, hello.playing, hello.bpm)
+        if problem:
+            self._reply(peer, protocol.error_message(problem))
+            peer.close(protocol.CLOSE_POLICY, problem.code)
+            self._maybe_idle(state)
+            return
+        if peer.hello_timer is not None:
+            peer.hello_timer.cancel()
+            peer.hello_timer = None
+        if state.idle_timer is not None:
+            state.idle_timer.cancel()
+            state.idle_timer = None
+        self.unjoined.pop(peer.id, None)
+        peer.user = hello.user
+        peer.room = state
+        state.peers[peer.id] = peer
+        self._send_snapshot(peer)
+        peer.send(text_frame(state.room.presence_table()))
+        self._presence_changed(state)
+        if state.held:
+            peer.hold_reading()
+            state.held.append(peer)
+
+    # -- updates --------------------------------------------------------------------------
+
+    def _update(self, peer: _Peer, state: _RoomState, update: Update) -> None:
+        assert peer.user is not None
+        problem = state.room.check(peer.user, update)
+        if problem is not None:
+            self._reply(peer, protocol.error_message(problem, update.seq))
+            return
+        reply = _Reply()
+        peer.replies.append(reply)
+        peer.unanswered += 1
+        if peer.unanswered == MAX_UNANSWERED:
+            peer.hold_reading()
+        state.pending += 1
+        proposal = Proposal(state.room, peer.user, update.seq, update.part)
+        self.store.commit_soon(proposal, lambda outcome: self._decided(peer, state, reply, update.seq, outcome))
+
+    def _decided(self, peer: _Peer, state: _RoomState, reply: _Reply, seq: int, outcome: list[Accepted] | Invalid | StoreError) -> None:
+        """The store has decided a proposal: apply what it accepted and queue the answers in revision order."""
+        state.pending -= 1
+        if isinstance(outcome, list):
+            for record in outcome:
+                state.room.apply(record)
+                if record.user == peer.user and record.part is not None:
+                    state.outgoing.append((record, peer, reply))
+                else:
+                    state.outgoing.append((record, None, None))
+                state.backlog_writes += len(state.peers)
+            self._take_turn(state)
+            if state.backlog_writes > ROOM_BACKLOG_WRITES and not state.held:
+                self._hold_room(state)
+            return
+        if isinstance(outcome, StoreError):
+            throttled.log("store", logging.ERROR, "could not commit an update of %r in room %r: %s", peer.user, state.room.name, outcome)
+            problem = Invalid("unavailable", "the update could not be stored now; it was not applied")
+        else:
+            problem = outcome
+        reply.frame = protocol.error_message(problem, seq)
+        self._answered(peer)
+        self._flush_replies(peer)
+        self._maybe_idle(state)
+
+    def _answered(self, peer: _Peer) -> None:
+        peer.unanswered -= 1
+        if peer.unanswered == MAX_UNANSWERED - 1:
+            peer.release_reading()
+
+    # -- replies in request order ------------------------------------------------------
+
+    def _reply(self, peer: _Peer, frame: bytes | object) -> None:
+        """Answer a message after the answers to the messages before it."""
+        if peer.replies:
+            peer.replies.append(frame)
+        elif frame is _SNAPSHOT:
+            self._send_snapshot(peer)
+        else:
+            assert isinstance(frame, bytes)
+            peer.send(text_frame(frame))
+
+    def _flush_replies(self, peer: _Peer) -> None:
+        replies = peer.replies
+        while replies:
+            head = replies[0]
+            if type(head) is _Reply:
+                assert isinstance(head, _Reply)
+                if head.frame is None:
+                    return
+                peer.send(text_frame(head.frame))
+            elif head is _SNAPSHOT:
+                self._send_snapshot(peer)
+            else:
+                peer.send(text_frame(head))  # type: ignore[arg-type]
+            replies.popleft()
+
+    def _send_snapshot(self, peer: _Peer) -> None:
+        state = peer.room
+        assert state is not None and peer.user is not None
+        room = state.room
+        peer.seen_revision = room.revision
+        peer.send(text_frame(protocol.snapshot_message(you=peer.user, presence_id=peer.presence_id, revision=room.revision,
+                                                       seq=room.seq_of(peer.user), document=room.document())))
+
+    # -- delivery, room by room ------------------------------------------------------------
+
+    def _take_turn(self, state: _RoomState) -> None:
+        if not state.scheduled:
+            state.scheduled = True
+            self._turns.append(state)
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        """Tell rooms their committed records, a slice per room in turn, and let the loop read between turns."""
+        self._turn_scheduled = False
+        budget = TURN_WRITES
+        turns = self._turns
+        while turns and budget > 0:
+            state = turns.popleft()
+            try:
+                budget -= self._deliver_room(state)
+            except Exception:  # a bug: say so, and let the other rooms go on
+                throttled.log("internal", logging.ERROR, "internal error delivering to room %r", state.room.name, exc_info=True)
+                state.outgoing.clear()
+            if state.outgoing:
+                turns.append(state)
+            else:
+                state.scheduled = False
+                self._maybe_idle(state)
+        if turns:
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._deliver)
+
+    def _deliver_room(self, state: _RoomState) -> int:
+        writes = 0
+        outgoing = state.outgoing
+        while outgoing and writes < ROOM_SLICE_WRITES:
+            record, sender, reply = outgoing.popleft()
+            frame = text_frame(protocol.update_message(user=record.user, seq=record.seq, revision=record.revision, part=record.part))
+            revision = record.revision
+            for peer in state.peers.values():
+                if peer is sender or peer.seen_revision >= revision:
+                    continue
+                peer.send(frame)
+            writes += len(state.peers)
+            if sender is not None and reply is not None:
+                reply.frame = protocol.ack_message(seq=record.seq, revision=revision)
+                self._answered(sender)
+                self._flush_replies(sender)
+        state.backlog_writes = max(0, state.backlog_writes - writes) if outgoing else 0
+        if state.held and state.backlog_writes <= ROOM_BACKLOG_WRITES // 2:
+            self._release_room(state)
+        return writes
+
+    def _hold_room(self, state: _RoomState) -> None:
+        throttled.log("room backlog", logging.INFO, "room %r sends faster than it can be told: reading its members more slowly", state.room.name)
+        state.held = list(state.peers.values())
+        for peer in state.held:
+            peer.hold_reading()
+
+    def _release_room(self, state: _RoomState) -> None:
+        held, state.held = state.held, []
+        for peer in held:
+            peer.release_reading()
+
+    # -- presence ------------------------------------------------------------------------------
+
+    def _presence_changed(self, state: _RoomState) -> None:
+        if state.presence_timer is not None or not state.room.presence_changed:
+            return
+        loop = asyncio.get_running_loop()
+        delay = state.presence_sent_at + PRESENCE_INTERVAL_SECONDS - loop.time()
+        state.presence_timer = loop.call_later(max(delay, 0.0), self._send_presence, state)
+
+    def _send_presence(self, state: _RoomState) -> None:
+        state.presence_timer = None
+        message = state.room.take_presence_changes(PRESENCE_CHANGES_PER_MESSAGE)
+        if message is None:
+            return
+        state.presence_sent_at = asyncio.get_running_loop().time()
+        frame = text_frame(message)
+        for peer in state.peers.values():
+            peer.send_presence(frame)
+        self._presence_changed(state)
+
+    # -- rooms leaving memory -------------------------------------------------------------------
+
+    def _maybe_idle(self, state: _RoomState) -> None:
+        if state.peers or state.pending or state.outgoing or state.idle_timer is not None:
+            return
+        if self.rooms.get(state.room.name) is not state:
+            return
+        state.idle_timer = asyncio.get_running_loop().call_later(self.room_grace, self._forget, state)
+
+    def _forget(self, state: _RoomState) -> None:
+        state.idle_timer = None
+        if state.peers or state.pending or state.outgoing:
+            return
+        if state.presence_timer is not None:
+            state.presence_timer.cancel()
+        if self.rooms.get(state.room.name) is state:
+            del self.rooms[state.room.name]
+
+
+def _as_peer(connection: Connection) -> _Peer:
+    assert isinstance(connection, _Peer)
+    return connection
+
+
+def _readable_seq(text: str) -> int | None:
+    """The seq of a refused update, when it has one that can be read (errors only: this parses again)."""
+    with contextlib.suppress(orjson.JSONDecodeError):
+        data = orjson.loads(text)
+        if type(data) is dict and data.get("type") == "update":
+            seq = data.get("seq")
+            if type(seq) is int and 1 <= seq <= protocol.MAX_SEQ:
+                return seq
+    return None
+
+
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft limit on open descriptors to its hard limit; the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return int(soft if soft != resource.RLIM_INFINITY else hard)
+
 
 @contextlib.asynccontextmanager
 async def running(host: str = "127.0.0.1", port: int = 0, store: Store | None = None, **options: Any) -> AsyncIterator[Server]:
     """A server listening on ``host``/``port`` for the duration of the block (tests, benchmarks).
 
     ``store`` defaults to a fresh :class:`MemoryStore`; ``options`` go to
-    :class:`Server` (``hello_timeout``, ``web_dir``).
+    :class:`Server` (``hello_timeout``, ``web_dir``, ``allowed_origins``, ...).
     """
     server = Server(store, **options)
     await server.start(host, port)
@@ -432,23 +653,24 @@ async def running(host: str = "127.0.0.1", port: int = 0, store: Store | None = 
         await server.stop()
 
 
-def main_serve(host: str, port: int, store: str, data_dir: Path) -> int:
+def main_serve(host: str, port: int, store: str, data_dir: Path, allowed_origins: tuple[str, ...] = ()) -> int:
     """``loopsync serve``: run until SIGINT or SIGTERM; the exit code (0 ok, 1 failure)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     chosen: Store
     if store == "sqlite":
-        chosen = SqliteStore(data_dir)
+        sqlite = SqliteStore(data_dir)
         try:
-            chosen.open()
+            sqlite.open_now()
         except StoreError as exc:
             print(f"loopsync cannot start: {exc}.", file=sys.stderr, flush=True)
             return 1
+        chosen = sqlite
         description = f"sqlite, {data_dir / 'loopsync.sqlite3'}"
     else:
         chosen = MemoryStore()
         description = "memory, nothing is kept after exit"
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(_serve(host, port, chosen, description))
+        return runner.run(_serve(host, port, chosen, description, allowed_origins))
 
 
 GC_YOUNG_THRESHOLD: Final = 10_000
@@ -458,24 +680,14 @@ SWITCH_INTERVAL_SECONDS: Final = 0.001
 def tune_interpreter() -> None:
     """Tune Python for a server that allocates for every message and commits from a second thread; call once started.
 
-    The garbage collector: what is alive once the server has started
-    (modules, the application, the rooms loaded from the store) is frozen
-    out of its sight, so a full collection, which stops the event loop,
-    scans only what came since. The young generation is collected every
-    10,000 allocations instead of 700: a message's short-lived objects are
-    gone by then instead of being promoted, and promotions are what make
-    full collections come. In ``bench/fanout.py`` (700 connections, 7,000
-    updates/s) the collector took 81 ms instead of 313 ms in 12 s, its
-    longest pause 22 ms instead of 69 ms.
-
-    The GIL's switch interval, 1 ms instead of 5: the store's thread needs
-    the GIL for a moment before and after each commit, and while the event
-    loop is busy it gets it only when the loop is made to let go, after the
-    switch interval; every answer of the batch waits for that. In
-    ``bench/fanout.py`` at 1,248 connections (37,400 deliveries/s, 92-98% of
-    a core) p99 was lower with 1 ms in each of five pairs of runs taken in
-    turn (62 against 1,500 ms, 20 against 42, 14.6 against 18.4, 13.9
-    against 16.8, 26 against 30), at the same CPU.
+    The garbage collector: what is alive once the server has started is
+    frozen out of its sight, so a full collection, which stops the event
+    loop, scans only what came since; the young generation is collected
+    every 10,000 allocations instead of 700, so a message's short-lived
+    objects are gone by then instead of being promoted. The GIL's switch
+    interval is 1 ms instead of 5: the store's thread needs the GIL for a
+    moment before and after each commit, and every answer of the batch
+    waits for it. Figures: docs/server.md.
     """
     gc.collect()
     gc.freeze()
@@ -484,13 +696,7 @@ def tune_interpreter() -> None:
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (Linux and macOS), else asyncio's own (``None``).
-
-    uvloop runs the same asyncio code with its transports and scheduling in
-    C: in ``bench/fanout.py`` the server delivered about a fifth more updates
-    per second under the 20 ms p99 budget with it. Nothing in loopsync
-    depends on which loop runs it.
-    """
+    """uvloop's event loop where it is installed (Linux and macOS), else asyncio's own (``None``)."""
     try:
         import uvloop
     except ImportError:
@@ -498,8 +704,8 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-async def _serve(host: str, port: int, store: Store, description: str) -> int:
-    server = Server(store)
+async def _serve(host: str, port: int, store: Store, description: str, allowed_origins: tuple[str, ...]) -> int:
+    server = Server(store, allowed_origins=allowed_origins)
     try:
         await server.start(host, port)
     except OSError as exc:

@@ -1,22 +1,27 @@
-"""Where Shared Data lives between restarts: in memory, or in one SQLite file.
+"""Where Shared Data lives: in memory, or in one SQLite file (the embedded default).
 
-Both stores have the same interface. The server calls :meth:`load_rooms` once
-at start-up and rebuilds each :class:`~loopsync.rooms.Room` with
-``Room.restore``; after that it calls ``store.save_soon(accepted, done)`` for
-every accepted update and acknowledges the update only in ``done``, because by
-then the record is durable. ``await store.save(accepted)`` is the same as a
-coroutine.
+Every store has the same interface (:class:`Store`). The server loads a room
+with :meth:`Store.load_room` when its first member says ``hello`` (start-up
+reads nothing), and hands every update that passed the room's checks to
+:meth:`Store.commit_soon` as a :class:`~loopsync.rooms.Proposal`. The store
+decides it (seq rules, revision: :func:`loopsync.rooms.sequence`), makes the
+accepted records durable, and only then calls ``done`` with the outcome, so
+the server acknowledges nothing that a crash could take back.
 
-:class:`SqliteStore` makes that cheap with group commit: while one
-transaction is being committed (in the store's own thread), the updates that
-arrive are queued, and they all go into the next transaction. A busy server
-therefore pays one ``fsync`` per batch, not per update, and one wake-up of the
-event loop per batch, whose ``done`` callbacks then run in queue order; every
-``done`` still runs only after its own record is committed.
+:class:`SqliteStore` makes that cheap with group commit: while one batch is
+being committed (in the store's own thread), the proposals that arrive wait,
+and they are sequenced and committed together in the next transaction. A busy
+server therefore pays one ``fsync`` per batch, not per update, and one
+wake-up of the event loop per batch, whose ``done`` callbacks then run in
+queue order. A batch is sequenced only after the previous batch's callbacks
+have run (which is when the server applies its records to the rooms), so
+each batch is decided against committed state, and a batch that fails to
+commit leaves nothing to undo: its proposals get the error and none of them
+was applied anywhere.
 
 Errors::
 
-    StoreError          the store cannot be used (or a commit failed)
+    StoreError          the store cannot be used (or a commit failed): answered ``unavailable``
     └── StoreLocked     another server holds the data directory's lock
 """
 
@@ -31,24 +36,23 @@ import os
 import queue
 import sqlite3
 import threading
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Final, Protocol
+from typing import Any, Callable, Final, Protocol, Union
 
 import orjson
 
-from .rooms import Accepted
+from .document import Invalid
+from .rooms import Accepted, Proposal, RoomRecord, sequence
 
 DATABASE_NAME = "loopsync.sqlite3"
+SCHEMA_VERSION = 2
 COMMIT_INTERVAL_SECONDS = 0.003
 """The shortest time from one batch's start to the next one's. A commit costs
 about 0.1 ms of CPU however few records it holds (fsync, WAL headers), so
 without a floor a server at a few thousand updates a second would commit them
 one or two at a time and spend a third of a core doing it; with it, batches
-grow with the load and an update waits at most this long for its transaction.
-3 ms: at 24,000 deliveries/s the server used 55% of a core against 68% with
-1 ms, for 1.6 ms more median latency (``bench/fanout.py``)."""
+grow with the load and an update waits at most this long for its transaction."""
 LOCK_NAME = "loopsync.lock"
 
 log = logging.getLogger("loopsync.store")
@@ -62,38 +66,29 @@ class StoreLocked(StoreError):
     """Another server process already uses this data directory."""
 
 
-Done = Callable[["StoreError | None"], None]
-"""Called on the event loop once a saved record is committed (``None``) or its commit failed."""
+Outcome = Union[list[Accepted], Invalid, StoreError]
+"""What became of a proposal: its committed records, the rule it broke, or the store's failure."""
+Done = Callable[[Outcome], None]
+"""Called on the event loop once a proposal is decided and, if accepted, committed."""
 
 
 class Store(Protocol):
     """What the server needs from a store."""
 
-    def open(self) -> None:
-        """Get ready for use (take locks, open files); calling it again does nothing."""
+    async def open(self) -> None:
+        """Get ready for use (take locks, open files); raise :class:`StoreError` if not possible."""
         ...
 
-    def load_rooms(self) -> dict[str, list[Accepted]]:
-        """Every stored part, grouped by room: the latest accepted update of each user."""
+    async def load_room(self, room: str) -> RoomRecord:
+        """The room's revision and each user's latest record (revision 0 and none for a new room)."""
         ...
 
-    async def load_room(self, room: str) -> list[Accepted]:
-        """The stored parts of one room (to rebuild it after a failed commit)."""
-        ...
-
-    def save_soon(self, accepted: Accepted, done: Done) -> None:
-        """Queue one accepted update; call ``done(None)`` on the event loop once it is committed, ``done(StoreError)`` if not.
-
-        ``done`` callbacks run in the order the updates were queued.
-        """
-        ...
-
-    async def save(self, accepted: Accepted) -> None:
-        """Make one accepted update durable; return only once it is committed."""
+    def commit_soon(self, proposal: Proposal, done: Done) -> None:
+        """Decide and commit ``proposal`` in a coming batch; ``done(outcome)`` runs on the event loop, in queue order."""
         ...
 
     async def flush(self) -> None:
-        """Wait until every ``save`` started so far has been committed (or has failed)."""
+        """Wait until every proposal queued so far is decided and its ``done`` has run."""
         ...
 
     async def close(self) -> None:
@@ -109,30 +104,31 @@ class MemoryStore:
     """
 
     def __init__(self) -> None:
-        self._parts: dict[tuple[str, str], Accepted] = {}
+        self._rooms: dict[str, tuple[int, dict[str, Accepted]]] = {}
 
-    def open(self) -> None:
+    async def open(self) -> None:
         """Nothing to open."""
 
-    def load_rooms(self) -> dict[str, list[Accepted]]:
-        """Every saved part, grouped by room."""
-        rooms: dict[str, list[Accepted]] = defaultdict(list)
-        for accepted in sorted(self._parts.values(), key=lambda record: record.revision):
-            rooms[accepted.room].append(accepted)
-        return dict(rooms)
+    async def load_room(self, room: str) -> RoomRecord:
+        """The saved records of one room."""
+        revision, records = self._rooms.get(room, (0, {}))
+        return RoomRecord(revision, sorted(records.values(), key=lambda record: record.revision))
 
-    async def load_room(self, room: str) -> list[Accepted]:
-        """The saved parts of one room."""
-        return self.load_rooms().get(room, [])
+    def commit_soon(self, proposal: Proposal, done: Done) -> None:
+        """Decide the proposal and call ``done`` at once: memory is as durable as this store gets."""
+        [outcome] = sequence([proposal])
+        if isinstance(outcome, list):
+            self._save(outcome)
+        done(outcome)
 
-    def save_soon(self, accepted: Accepted, done: Done) -> None:
-        """Record the update and call ``done`` at once: memory is as durable as this store gets."""
-        self._parts[(accepted.room, accepted.user)] = accepted
-        done(None)
-
-    async def save(self, accepted: Accepted) -> None:
-        """Record the update."""
-        self._parts[(accepted.room, accepted.user)] = accepted
+    def _save(self, records: list[Accepted]) -> None:
+        for record in records:
+            revision, parts = self._rooms.setdefault(record.room, (0, {}))
+            if record.part is None:
+                parts.pop(record.user, None)
+            else:
+                parts[record.user] = record
+            self._rooms[record.room] = (record.revision, parts)
 
     async def flush(self) -> None:
         """Nothing is ever pending in memory."""
@@ -152,30 +148,37 @@ CREATE TABLE IF NOT EXISTS parts (
     revision INTEGER NOT NULL,
     part TEXT NOT NULL,
     PRIMARY KEY (room, user)
-)
+);
+CREATE TABLE IF NOT EXISTS rooms (
+    room TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL
+);
 """
+_MIGRATE_FROM_1 = "INSERT OR IGNORE INTO rooms (room, revision) SELECT room, max(revision) FROM parts GROUP BY room"
+"""Schema 1 had no rooms table: a room's revision was its newest part's."""
 
-_UPSERT_BATCH = """
+_UPSERT_PARTS = """
 INSERT INTO parts (room, user, seq, revision, part)
-SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-       json_extract(value, '$[3]'), json_extract(value, '$[4]')
-FROM json_each(?) WHERE true
-ON CONFLICT (room, user) DO UPDATE SET
-    seq = excluded.seq, revision = excluded.revision, part = excluded.part
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?) WHERE true
+ON CONFLICT (room, user) DO UPDATE SET seq = excluded.seq, revision = excluded.revision, part = excluded.part
 """
-"""A whole batch in one statement, so one transaction: ``?`` is a JSON array of
-``[room, user, seq, revision, part]`` rows, applied in order. One statement
-means one call into SQLite, so the store's thread gives up and takes back the
-GIL once per batch rather than once per row (``executemany``), and never waits
-long for an event loop that is busy. (``WHERE true`` lets SQLite's parser tell
-the upsert's ``ON CONFLICT`` from a join's ``ON``.)"""
+"""A whole batch's parts in one statement: ``?`` is a JSON array of ``[room, user, seq, revision, part]``
+rows, applied in order. One statement means one call into SQLite, so the
+store's thread gives the GIL up and takes it back once per batch rather than
+once per row. (``WHERE true`` lets SQLite's parser tell the upsert's
+``ON CONFLICT`` from a join's ``ON``.)"""
+_DELETE_PARTS = "DELETE FROM parts WHERE (room, user) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))"
+_UPSERT_ROOMS = """
+INSERT INTO rooms (room, revision) SELECT value ->> 0, value ->> 1 FROM json_each(?) WHERE true
+ON CONFLICT (room) DO UPDATE SET revision = excluded.revision
+"""
 
-_Record = tuple[Accepted, "Done"]
+_Entry = tuple["Proposal | Accepted", Done]
 
 
 @dataclass(frozen=True)
 class _Call:
-    """A queue entry: run ``function`` in the store's thread, after the records queued before it."""
+    """A queue entry: run ``function`` in the store's thread, after the batches queued before it."""
 
     function: Callable[[], Any]
     result: concurrent.futures.Future[Any]
@@ -186,19 +189,19 @@ _STOP: Final = object()
 
 
 class SqliteStore:
-    """Shared Data in ``DIR/loopsync.sqlite3``, committed with ``synchronous=FULL`` before a save counts.
+    """Shared Data in ``DIR/loopsync.sqlite3``, committed with ``synchronous=FULL`` before a proposal counts.
 
     Opening the store takes an exclusive lock on ``DIR/loopsync.lock`` so that
     two servers never write one file; the second one gets :class:`StoreLocked`.
-    The table holds the latest accepted part of each user of each room, which
-    is all a restart needs (an update carries the whole part).
-    ``busy_timeout`` is how long a commit waits for SQLite's own write lock
-    (held only by a foreign process, since our lock keeps other servers out).
+    The ``parts`` table holds the latest accepted part of each user of each
+    room (an update carries the whole part), the ``rooms`` table each room's
+    revision. ``busy_timeout`` is how long a commit waits for SQLite's own
+    write lock (held only by a foreign process, since our lock keeps other
+    servers out).
 
-    One thread (``loopsync-store``) does all the SQLite work: it takes
-    whatever is queued, commits the records as one transaction and hands the
-    whole batch back to the event loop in one ``call_soon_threadsafe``, which
-    runs the batch's ``done`` callbacks in the order they were queued.
+    One thread (``loopsync-store``) does all the SQLite work: it takes the
+    batch handed to it, commits its records as one transaction and hands the
+    batch back to the event loop in one ``call_soon_threadsafe``.
     """
 
     def __init__(self, data_dir: Path | str, *, busy_timeout: float = 5.0, commit_interval: float = COMMIT_INTERVAL_SECONDS) -> None:
@@ -208,9 +211,9 @@ class SqliteStore:
         self.commit_interval = commit_interval
         self._lock_fd: int | None = None
         self._connection: sqlite3.Connection | None = None
-        self._queue: queue.SimpleQueue[tuple[list[_Record], asyncio.AbstractEventLoop] | _Call | object] = queue.SimpleQueue()
-        self._pending: list[_Record] = []
-        """Saves that wait on the event loop while the thread commits the batch before them."""
+        self._queue: queue.SimpleQueue[tuple[list[Accepted], Callable[[StoreError | None], None], asyncio.AbstractEventLoop] | _Call | object] = queue.SimpleQueue()
+        self._pending: list[_Entry] = []
+        """Proposals that wait on the event loop while the thread commits the batch before them."""
         self._committing = False
         """A batch is with the thread (event loop side; the thread never reads it)."""
         self._next_hand_over_at = 0.0
@@ -219,8 +222,12 @@ class SqliteStore:
         self.commits = 0
         """Transactions committed so far (batches, not updates): for tests and benchmarks."""
 
-    def open(self) -> None:
-        """Take the directory's lock and open (or create) the database; raise :class:`StoreError` if not possible."""
+    async def open(self) -> None:
+        """Take the directory's lock and open (or create, or migrate) the database; raise :class:`StoreError` if not possible."""
+        self.open_now()
+
+    def open_now(self) -> None:
+        """:meth:`open` without an event loop (``loopsync serve`` opens the store before it starts one, to say why it cannot)."""
         if self._thread is not None:
             return
         try:
@@ -248,45 +255,42 @@ class SqliteStore:
         connection.execute("PRAGMA journal_mode=WAL")
         # FULL: the WAL is fsynced at every commit, so a commit survives a power cut.
         connection.execute("PRAGMA synchronous=FULL")
-        connection.execute(_SCHEMA)
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
+        if version < SCHEMA_VERSION:
+            connection.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} {_MIGRATE_FROM_1}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         self._connection = connection
 
-    def load_rooms(self) -> dict[str, list[Accepted]]:
-        """Every stored part, grouped by room, oldest revision first."""
+    async def load_room(self, room: str) -> RoomRecord:
+        """The stored records of one room, oldest revision first (read after every commit queued before)."""
         self._require_open()
-        rooms: dict[str, list[Accepted]] = self._call(lambda: self._select(None)).result()
-        return rooms
+        record: RoomRecord = await asyncio.wrap_future(self._call(lambda: self._select(room)))
+        return record
 
-    async def load_room(self, room: str) -> list[Accepted]:
-        """The stored parts of one room, oldest revision first."""
-        self._require_open()
-        rooms: dict[str, list[Accepted]] = await asyncio.wrap_future(self._call(lambda: self._select(room)))
-        return rooms.get(room, [])
-
-    def _select(self, room: str | None) -> dict[str, list[Accepted]]:
+    def _select(self, room: str) -> RoomRecord:
         if self._connection is None:
             raise StoreError("the store is closed")
-        query = "SELECT room, user, seq, revision, part FROM parts"
-        arguments: tuple[str, ...] = ()
-        if room is not None:
-            query += " WHERE room = ?"
-            arguments = (room,)
-        rooms: dict[str, list[Accepted]] = defaultdict(list)
-        for name, user, seq, revision, part in self._connection.execute(query + " ORDER BY room, revision", arguments):
-            rooms[name].append(Accepted(name, user, seq, revision, orjson.loads(part)))
-        return dict(rooms)
+        found = self._connection.execute("SELECT revision FROM rooms WHERE room = ?", (room,)).fetchone()
+        rows = self._connection.execute("SELECT user, seq, revision, part FROM parts WHERE room = ? ORDER BY revision", (room,))
+        records = [Accepted(room, user, seq, revision, orjson.loads(part)) for user, seq, revision, part in rows]
+        return RoomRecord(found[0] if found else 0, records)
 
-    def save_soon(self, accepted: Accepted, done: Done) -> None:
-        """Queue the update for the next transaction; ``done`` runs on this event loop once it is committed (or failed).
+    def commit_soon(self, proposal: Proposal, done: Done) -> None:
+        """Queue the proposal for the next batch; ``done`` runs on this event loop once it is decided and committed.
 
-        Records are committed, and their ``done`` callbacks run, in the order
-        they were queued. While the thread commits one batch, the saves that
-        come in wait here and go to the thread together when that commit has
-        returned and :attr:`commit_interval` has passed since it began: one
+        While the thread commits one batch, the proposals that come in wait
+        here and go to the thread together when that commit's callbacks have
+        run and :attr:`commit_interval` has passed since it began: one
         wake-up of the thread per batch, not one per update.
         """
         self._require_open()
-        self._pending.append((accepted, done))
+        self._pending.append((proposal, done))
+        if not self._committing and self._hand_over_timer is None:
+            self._schedule_hand_over()
+
+    def write_soon(self, record: Accepted, done: Done) -> None:
+        """Queue a record decided elsewhere (no rules applied) for the next batch: the fan-out benchmark's floor."""
+        self._require_open()
+        self._pending.append((record, done))
         if not self._committing and self._hand_over_timer is None:
             self._schedule_hand_over()
 
@@ -302,102 +306,102 @@ class SqliteStore:
         if self._hand_over_timer is not None:
             self._hand_over_timer.cancel()
             self._hand_over_timer = None
-        if self._pending:
-            loop = asyncio.get_running_loop()
-            self._queue.put((self._pending, loop))
-            self._pending = []
-            self._committing = True
-            self._next_hand_over_at = loop.time() + self.commit_interval
+        if not self._pending or self._committing:
+            return
+        loop = asyncio.get_running_loop()
+        batch, self._pending = self._pending, []
+        decided = iter(sequence([entry for entry, _ in batch if type(entry) is Proposal]))
+        outcomes: list[Outcome] = [next(decided) if type(entry) is Proposal else [entry] for entry, _ in batch]  # type: ignore[list-item]
+        records = [record for outcome in outcomes if isinstance(outcome, list) for record in outcome]
+        callbacks = [done for _, done in batch]
+        self._committing = True
+        self._next_hand_over_at = loop.time() + self.commit_interval
 
-    async def save(self, accepted: Accepted) -> None:
-        """Queue the update and return once its transaction is committed; raise :class:`StoreError` if it failed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        def committed(problem: StoreError | None) -> None:
+            self._completed(callbacks, outcomes, problem)
 
-        def done(problem: StoreError | None) -> None:
-            # A caller that went away (cancelled) leaves the record in its batch all the same.
-            if not future.done():
-                if problem is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(problem)
-
-        self.save_soon(accepted, done)
-        await future
+        if records:
+            self._queue.put((records, committed, loop))
+        else:
+            loop.call_soon(committed, None)
 
     async def flush(self) -> None:
-        """Wait until every save queued so far has been committed (or has failed) and its ``done`` has run."""
+        """Wait until every proposal queued so far is decided and its ``done`` has run."""
         if self._thread is None:
             return
-        await asyncio.wrap_future(self._call(lambda: None))
+        while self._pending or self._committing:
+            self._hand_over()
+            await asyncio.wrap_future(self._call(lambda: None))
+            await asyncio.sleep(0)  # the batch's callbacks run on the loop after the thread hands it back
 
     def _call(self, function: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-        self._hand_over()  # a call comes after every save before it
         call = _Call(function, concurrent.futures.Future())
         self._queue.put(call)
         return call.result
 
     def _work(self) -> None:
-        """The store's thread: commit what is queued, batch after batch, until :data:`_STOP`."""
+        """The store's thread: run what is queued, batch after batch, until :data:`_STOP`."""
         while True:
-            batch = [self._queue.get()]
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    batch.append(self._queue.get_nowait())
-            records: list[_Record] = []
-            loop: asyncio.AbstractEventLoop | None = None
-            for entry in batch:
-                if isinstance(entry, tuple):
-                    saves, loop = entry
-                    records += saves
-                    continue
-                # A call or the stop comes after the records queued before it.
-                self._commit(records, loop)
-                records = []
-                if entry is _STOP:
-                    return
-                assert isinstance(entry, _Call)
+            entry = self._queue.get()
+            if entry is _STOP:
+                return
+            if isinstance(entry, _Call):
                 try:
                     entry.result.set_result(entry.function())
                 except BaseException as exc:
                     entry.result.set_exception(exc)
-            self._commit(records, loop)
+                continue
+            assert isinstance(entry, tuple)
+            records, committed, loop = entry
+            problem: StoreError | None = None
+            try:
+                self._write_batch(records)
+            except Exception as exc:
+                problem = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(committed, problem)
 
-    def _commit(self, records: list[_Record], loop: asyncio.AbstractEventLoop | None) -> None:
-        if not records or loop is None:
-            return
-        problem: StoreError | None = None
-        try:
-            self._write_batch([accepted for accepted, _ in records])
-        except Exception as exc:
-            problem = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(self._completed, [done for _, done in records], problem)
-
-    def _completed(self, callbacks: list[Done], problem: StoreError | None) -> None:
-        """On the event loop: one batch is committed (or failed); start the next one, then tell this one's savers in order."""
+    def _completed(self, callbacks: list[Done], outcomes: list[Outcome], problem: StoreError | None) -> None:
+        """On the event loop: one batch is committed (or failed); tell its proposers in order, then start the next batch."""
+        if problem is None:
+            self.commits += 1
+        else:
+            log.error("could not commit a batch of %d updates: %s", len(callbacks), problem)
+        for done, outcome in zip(callbacks, outcomes):
+            try:
+                done(problem if problem is not None and isinstance(outcome, list) else outcome)
+            except Exception:
+                log.exception("error in a commit callback")
         self._committing = False
         if self._pending and self._hand_over_timer is None:
             self._schedule_hand_over()
-        if problem is None:
-            self.commits += 1
-        for done in callbacks:
-            try:
-                done(problem)
-            except Exception:
-                log.exception("error in a commit callback")
 
     def _write_batch(self, batch: list[Accepted]) -> None:
         connection = self._connection
         if connection is None:
             raise StoreError("the store is closed")
-        rows = orjson.dumps([(a.room, a.user, a.seq, a.revision, a.part) for a in batch])
-        # Autocommit: the statement is its own transaction, all rows or none.
-        connection.execute(_UPSERT_BATCH, (rows.decode(),))
+        parts = [(a.room, a.user, a.seq, a.revision, a.part) for a in batch if a.part is not None]
+        removed = [(a.room, a.user) for a in batch if a.part is None]
+        revisions = {a.room: a.revision for a in batch}
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            if parts:
+                connection.execute(_UPSERT_PARTS, (orjson.dumps(parts).decode(),))
+            if removed:
+                connection.execute(_DELETE_PARTS, (orjson.dumps(removed).decode(),))
+            connection.execute(_UPSERT_ROOMS, (orjson.dumps(list(revisions.items())).decode(),))
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            raise
 
     async def close(self) -> None:
         """Commit what is pending, close the database and release the lock."""
         if self._thread is None:
             return
+        await self.flush()
         await asyncio.wrap_future(self._call(self._close_connection))
         self._release()
 

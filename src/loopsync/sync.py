@@ -23,7 +23,8 @@ Message = dict[str, Any]
 class ClientSync:
     """Local Data, pending Shared Data and the user's unconfirmed edits.
 
-    Four things matter:
+    The state (``docs/protocol.md``, "The rules a client follows", is the
+    same algorithm in prose):
 
     - ``shared``: the latest Shared Data heard from the server (pending while
       playing: other users' parts are taken from it only at a sync);
@@ -32,9 +33,18 @@ class ClientSync:
       part, live (``loop_parts[me] is own``: own edits are heard as soon as
       the playhead reaches them);
     - ``confirmed`` / ``confirmed_seq``: the own part as the server last
-      confirmed it (``None`` while the server holds none), so that a
-      difference from the live own part means there is something to send;
-    - ``in_flight``: updates sent on this connection and not yet answered.
+      confirmed it (``None`` while the server holds none) and its seq, so
+      that a difference from the live own part means there is something to
+      send;
+    - ``in_flight``: updates sent on this connection and not answered yet,
+      in the order they were sent (the last one is the newest: after a
+      ``bad_seq`` the seqs start again lower, so the largest seq is not
+      always the newest);
+    - ``unanswered``: the newest update of a connection that closed before
+      answering it: the server may have committed it, may not have, or may
+      still commit it (after our reconnect's snapshot); it is settled once
+      the server's seq of the user reaches it;
+    - ``next_seq``: the seq of the next update.
 
     Nothing is sent while disconnected (between :meth:`on_disconnect` and the
     next ``snapshot``): the snapshot then says what the server holds, and the
@@ -55,6 +65,9 @@ class ClientSync:
         self.confirmed_seq = 0
         self.next_seq = 1
         self.in_flight: dict[int, Part] = {}
+        self.unanswered: tuple[int, Part] | None = None
+        self.seq_reset = False
+        """A ``bad_seq`` came: the next snapshot sets ``next_seq`` to its seq + 1, even lower."""
 
     # -- what the user does -------------------------------------------------
 
@@ -128,8 +141,16 @@ class ClientSync:
     # -- what the connection says ---------------------------------------------
 
     def on_disconnect(self) -> None:
-        """The connection closed: unanswered updates are lost; the next snapshot says what to resend."""
+        """The connection closed: its unanswered updates will never be answered.
+
+        The newest of them is kept aside (``unanswered``): the server may
+        have committed it before or after the close, and only the next
+        snapshot can tell.
+        """
         self.connected = False
+        if self.in_flight:
+            newest = next(reversed(self.in_flight))
+            self.unanswered = (newest, self.in_flight[newest])
         self.in_flight.clear()
 
     def on_message(self, message: Mapping[str, Any]) -> list[Message]:
@@ -153,21 +174,34 @@ class ClientSync:
             self.steps = int(doc["steps"])
             self._set_own(empty_part(self.steps, self.own["sound"]))
             self.confirmed = None
-        had_edits = self.dirty()
+            self.in_flight.clear()
+            self.unanswered = None
+        server_seq = int(message["seq"])
+        parts = doc["parts"]
+        server_own = parts.get(self.me)
+        keep_own = self._has_own_edits(server_seq)
         self.connected = True
         self.revision = int(message["revision"])
-        self.shared = {user: copy_part(part) for user, part in doc["parts"].items()}
+        self.shared = {user: copy_part(part) for user, part in parts.items() if part is not None}
         # The snapshot is the authority on what the server holds of ours: an
         # update whose ack was lost is confirmed here, and a server that lost
-        # data (a memory store restarted) un-confirms what it forgot.
-        server_seq = int(message["seq"])
-        server_own = self.shared.get(self.me)
-        self.confirmed = copy_part(server_own) if server_own is not None else None
-        self.confirmed_seq = server_seq
-        self.next_seq = max(self.next_seq, server_seq + 1)
+        # data (a removed part) un-confirms what it forgot. Updates at or
+        # below its seq are settled: committed, or never to be.
         for seq in [seq for seq in self.in_flight if seq <= server_seq]:
             del self.in_flight[seq]
-        if server_own is not None and not had_edits:
+        self.confirmed = copy_part(server_own) if server_own is not None else None
+        self.confirmed_seq = server_seq
+        if self.seq_reset and not self.in_flight:
+            # After bad_seq: continue right above what the server has, even
+            # if that is lower than our counter (every update sent on this
+            # connection has been answered, so none of ours is above it).
+            self.next_seq = server_seq + 1
+            self.seq_reset = False
+            self.unanswered = None
+        else:
+            self.next_seq = max(self.next_seq, server_seq + 1)
+        self._settle_unanswered()
+        if server_own is not None and not keep_own:
             # Nothing of ours is waiting: take what the server holds (our part
             # from an earlier session, or another tab's edit).
             self._set_own(copy_part(server_own))
@@ -178,46 +212,112 @@ class ClientSync:
 
     def _on_update(self, message: Mapping[str, Any]) -> None:
         user = message["user"]
-        part = message["part"]
-        self.revision = max(self.revision, int(message["revision"]))
-        self.shared[user] = copy_part(part)
+        part = message.get("part")
+        revision = message.get("revision")
+        if revision is not None:
+            self.revision = max(self.revision, int(revision))
         if user != self.me:
+            if part is None:
+                # The server removed that user's part (a full room made room for a new user).
+                self.shared.pop(user, None)
+                if not self.playing:
+                    self.loop_parts.pop(user, None)
+                return
+            self.shared[user] = copy_part(part)
             if not self.playing:
                 self.loop_parts[user] = copy_part(part)
             return
-        # Another connection of the same user (a second tab) wrote our part.
+        if part is None:
+            # Our own part removed (the server does not do it while we are
+            # connected): the server holds none of ours at seq 0. Our own part
+            # stays; if it has hits, the next sync writes it again.
+            self.shared.pop(self.me, None)
+            self.confirmed, self.confirmed_seq = None, 0
+            self.unanswered = None
+            return
+        # Another connection of the same user (a second tab, or our own update
+        # of a closed connection committed late) wrote our part.
         seq = int(message["seq"])
         if seq <= self.confirmed_seq:
             return
-        had_edits = self.dirty() or bool(self.in_flight)
+        keep_own = self._has_own_edits(seq)
+        # Our updates at or below its seq are settled: the server accepted
+        # them before it, or will refuse them (stale_seq).
+        for old in [old for old in self.in_flight if old <= seq]:
+            del self.in_flight[old]
+        self.shared[self.me] = copy_part(part)
         self.confirmed, self.confirmed_seq = copy_part(part), seq
         self.next_seq = max(self.next_seq, seq + 1)
-        if not had_edits:
+        self._settle_unanswered()
+        if not keep_own:
             self._set_own(copy_part(part))
 
     def _on_ack(self, message: Mapping[str, Any]) -> None:
         seq = int(message["seq"])
-        self.revision = max(self.revision, int(message.get("revision", 0)))
+        revision = message.get("revision")
+        if revision is not None:
+            self.revision = max(self.revision, int(revision))
         part = self.in_flight.get(seq)
-        for old in [old for old in self.in_flight if old <= seq]:
+        if part is None:
+            return
+        # Replies come in request order: whatever was sent before it has been answered.
+        for old in list(self.in_flight):
             del self.in_flight[old]
-        if part is not None and seq > self.confirmed_seq:
+            if old == seq:
+                break
+        if seq > self.confirmed_seq:
             self.confirmed, self.confirmed_seq = part, seq
             self.shared[self.me] = copy_part(part)
+        self._settle_unanswered()
 
     def _on_error(self, message: Mapping[str, Any]) -> list[Message]:
         seq = message.get("seq")
         if seq is None:
             return []
-        # A refused update stays unconfirmed: the next sync sends it again.
+        # A refused update stays unconfirmed: the next sync sends it again
+        # (after unavailable or rate_limited, for instance).
         self.in_flight.pop(seq, None)
-        if message.get("code") == "stale_seq":
-            # Our counter is behind the server's (another tab, a restored
-            # client): the snapshot that answers a fetch carries the server's seq.
+        code = message.get("code")
+        if code == "stale_seq":
+            # Our counter is behind the server's (another tab wrote): the
+            # snapshot that answers a fetch carries the server's seq.
+            return [{"type": "fetch"}]
+        if code == "bad_seq":
+            # Our counter is far above the server's (our part was removed and
+            # its seq restarted): the snapshot answering the fetch resets it.
+            self.seq_reset = True
             return [{"type": "fetch"}]
         return []
 
     # -- helpers --------------------------------------------------------------
+
+    def _has_own_edits(self, server_seq: int) -> bool:
+        """Must the own part win over the server's copy at ``server_seq``?
+
+        Yes when the newest update we sent is above ``server_seq`` (it is on
+        its way, or it was lost and must be resent), or when the user edited
+        since sending it. An update of ours at or below ``server_seq`` is
+        settled: the server's copy is as new as it or newer (another tab),
+        so we follow the server unless the part changed since. With nothing
+        sent, the test is whether the part differs from the confirmed one.
+        """
+        newest = self._newest_sent()
+        if newest is None:
+            return self.dirty()
+        seq, part = newest
+        return seq > server_seq or self.own != part
+
+    def _settle_unanswered(self) -> None:
+        # Once the server has accepted a seq of ours at or above it, the
+        # unanswered update can never be committed any more: settled.
+        if self.unanswered is not None and self.unanswered[0] <= self.confirmed_seq:
+            self.unanswered = None
+
+    def _newest_sent(self) -> tuple[int, Part] | None:
+        if self.in_flight:
+            seq = next(reversed(self.in_flight))
+            return seq, self.in_flight[seq]
+        return self.unanswered
 
     def _set_own(self, part: Part) -> None:
         self.own = part
@@ -233,7 +333,7 @@ class ClientSync:
         if self.in_flight:
             # Compare with the newest update on its way, not with any of them:
             # after A, B were sent, going back to A must be sent again.
-            if self.own == self.in_flight[max(self.in_flight)]:
+            if self.own == self.in_flight[next(reversed(self.in_flight))]:
                 return []
         elif not self.dirty():
             return []
@@ -242,6 +342,63 @@ class ClientSync:
         part = copy_part(self.own)
         self.in_flight[seq] = part
         return [{"type": "update", "seq": seq, "part": copy_part(part)}]
+
+
+class PresenceTable:
+    """Who is in the room: one entry per connection, kept from ``presence`` messages (no I/O).
+
+    A ``presence`` with ``users`` replaces the whole table (the first one
+    after a snapshot, or again for a connection that fell behind); one with
+    ``changed`` and ``left`` upserts entries by ``id`` and removes the ids
+    that left. The snapshot's ``id`` names this connection's own entry. A
+    disconnect empties the table: the next connection gets a full one.
+    """
+
+    def __init__(self) -> None:
+        self.own_id: str | None = None
+        self.entries: dict[str, dict[str, Any]] = {}
+
+    def on_message(self, message: Mapping[str, Any]) -> bool:
+        """Feed any server message; True when the table changed (only ``presence`` and ``snapshot`` can change it)."""
+        kind = message.get("type")
+        if kind == "snapshot":
+            given = message.get("id")
+            own_id = given if isinstance(given, str) else None
+            changed = own_id != self.own_id
+            self.own_id = own_id
+            return changed
+        if kind != "presence":
+            return False
+        users = message.get("users")
+        if users is not None:
+            # A server older than the ids sends whole tables only: keep its entries by position.
+            self.entries = {
+                str(entry["id"]) if entry.get("id") is not None else f"#{index}": dict(entry) for index, entry in enumerate(users) if isinstance(entry, Mapping)
+            }
+            return True
+        for entry in message.get("changed") or []:
+            if isinstance(entry, Mapping) and "id" in entry:
+                self.entries[str(entry["id"])] = dict(entry)
+        for gone in message.get("left") or []:
+            self.entries.pop(str(gone), None)
+        return True
+
+    def on_disconnect(self) -> None:
+        """The connection closed: the table is unknown until the next connection's full table."""
+        self.own_id = None
+        self.entries = {}
+
+    def listed(self) -> list[dict[str, Any]]:
+        """Every entry, ordered by user and then by id (copies)."""
+        return [entry for entries in self.by_user().values() for entry in entries]
+
+    def by_user(self) -> dict[str, list[dict[str, Any]]]:
+        """Entries grouped by user (two tabs of one user are one row), users and each user's entries sorted by id."""
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for entry_id in sorted(self.entries):
+            entry = self.entries[entry_id]
+            grouped.setdefault(str(entry.get("user")), []).append(dict(entry))
+        return dict(sorted(grouped.items()))
 
 
 def _check_sound(sound: object) -> None:

@@ -11,6 +11,13 @@
 - ``open_page``: ``open_page(url)`` opens a page in a fresh browser context
   (its own localStorage, like another person's browser) and waits until the
   loopsync page has joined; page errors fail the test at teardown.
+  ``open_page(url, viewport=(390, 844), touch=True)`` opens it as a phone.
+- ``axe_source``: axe-core's source, installed on first use from the npm
+  registry into ``tests/browser/node_modules`` (``npm ci`` from the lock
+  file beside this file). Served to the page by the test only, never by the
+  server. No npm: the test FAILS with what to install.
+- ``artifacts``: a directory for this session's screenshots (pytest's temp
+  dir, printed at the end of the run).
 
 Waits are on events with a timeout of a few ``TIME_UNIT`` (scaled by
 ``LOOPSYNC_TIMEOUT_SCALE`` on slow machines), never fixed sleeps.
@@ -19,11 +26,13 @@ Waits are on events with a timeout of a few ``TIME_UNIT`` (scaled by
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from .loopsync_browser import CHROMIUM_ARGS, ServeProcess, wait_joined
+from .loopsync_browser import CHROMIUM_ARGS, HERE, ServeProcess, wait_joined
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 
@@ -78,6 +87,29 @@ def sqlite_server(tmp_path: Path) -> Iterator[Callable[[], ServeProcess]]:
         server.kill()
 
 
+@pytest.fixture(scope="session")
+def axe_source() -> str:
+    """axe-core's script, installed with ``npm ci`` into tests/browser/node_modules on first use."""
+    script = HERE / "node_modules" / "axe-core" / "axe.min.js"
+    if not script.is_file():
+        if shutil.which("npm") is None:
+            pytest.fail(
+                "the accessibility test needs axe-core from the npm registry, and npm is not installed: "
+                "apt-get install nodejs npm (then the test installs axe-core into tests/browser/node_modules).",
+                pytrace=False,
+            )
+        result = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=HERE, capture_output=True, text=True, timeout=300)
+        if result.returncode != 0 or not script.is_file():
+            pytest.fail(f"npm ci in {HERE} did not install axe-core:\n{result.stdout[-2000:]}{result.stderr[-2000:]}", pytrace=False)
+    return script.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this session's screenshots go."""
+    return tmp_path_factory.mktemp("screenshots")
+
+
 class PageErrors:
     """Uncaught errors and console errors of the pages of one test."""
 
@@ -99,9 +131,12 @@ def open_page(browser: Browser) -> Iterator[Callable[..., Page]]:
     contexts: list[BrowserContext] = []
     errors = PageErrors()
 
-    def _open(url: str, joined: bool = True, context: BrowserContext | None = None) -> Page:
+    def _open(url: str, joined: bool = True, context: BrowserContext | None = None,
+              viewport: tuple[int, int] = (1280, 800), touch: bool = False) -> Page:
         if context is None:
-            context = browser.new_context()
+            width, height = viewport
+            context = browser.new_context(viewport={"width": width, "height": height}, has_touch=touch, is_mobile=touch,
+                                          device_scale_factor=1)
             contexts.append(context)
         page = context.new_page()
         errors.watch(page, url)

@@ -7,7 +7,7 @@
 
 /**
  * @param {any} rules the module web/rules.js
- * @param {{names: any, parts: any, merge: any, client: any}} vectors the parsed JSON files
+ * @param {{names: any, parts: any, merge: any, client: any, presence: any}} vectors the parsed JSON files
  * @returns {{ran: number, failures: string[]}}
  */
 function runVectors(rules, vectors) {
@@ -90,6 +90,22 @@ function runVectors(rules, vectors) {
         if ('pending_users' in expect && !same(sync.pendingUsers(), expect.pending_users)) failures.push(`${where}: pendingUsers ${show(sync.pendingUsers())}`);
         if ('dirty' in expect && sync.dirty() !== expect.dirty) failures.push(`${where}: dirty ${sync.dirty()}`);
         if ('confirmed_seq' in expect && sync.confirmedSeq !== expect.confirmed_seq) failures.push(`${where}: confirmedSeq ${sync.confirmedSeq}`);
+      }
+    }
+  }
+  for (const scenario of vectors.presence.scenarios) {
+    ran += 1;
+    const table = new rules.PresenceTable();
+    for (const [index, step] of scenario.script.entries()) {
+      const where = `presence "${scenario.name}" step ${index} ${show(step).slice(0, 100)}`;
+      if ('message' in step) {
+        const changed = table.onMessage(step.message);
+        if (changed !== step.expect_changed) failures.push(`${where}: changed ${changed}`);
+      }
+      if (step.disconnect) table.onDisconnect();
+      if ('expect' in step) {
+        if (table.ownId !== step.expect.own_id) failures.push(`${where}: ownId ${table.ownId}`);
+        if (!same(table.byUser(), step.expect.by_user)) failures.push(`${where}: byUser ${show(table.byUser())}`);
       }
     }
   }

@@ -148,7 +148,8 @@ def test_loop_data_switches_exactly_at_loop_start(offline_page: Page) -> None:
         ]},
     )
     applied = [message for message in result["messages"] if message["type"] == "applied"]
-    assert applied == [{"type": "applied", "id": 7, "loop": 2, "frame": loop_start[2], "atLoopStart": 2}]
+    assert applied == [{"type": "applied", "id": 7, "loop": 2, "frame": loop_start[2],
+                        "contextTime": loop_start[2] / sample_rate, "atLoopStart": 2}]
     for event in steps_of(result["messages"]):
         playing_new = event["loop"] >= 2
         assert event["dataId"] == (7 if playing_new else 0), event
@@ -233,3 +234,65 @@ def test_a_room_of_another_step_count_loops_on_it(offline_page: Page) -> None:
         assert [(event["loop"], event["step"]) for event in events[:10]] == [(0, s) for s in range(8)] + [(1, 0), (1, 1)]
         syncs = [message for message in result["messages"] if message["type"] == "syncDue"]
         assert [sync["frame"] for sync in syncs[:3]] == [js_round(loop * 8 * step_length) - 2400 for loop in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("pause_step", [20.5, 31.2, 32.0])
+def test_a_loop_paused_halfway_plays_its_rest_as_it_began(offline_page: Page, pause_step: float) -> None:
+    """Parts arriving while paused wait for the next Loop Start reached: the rest of the paused loop plays its old data."""
+    sample_rate, bpm = 48000, 240
+    step_length = frames_per_step(sample_rate, bpm)
+    old = {"bob": {"sound": "hat", "steps": [1, 0] * 8}}
+    new = {"bob": {"sound": "hat", "steps": [0, 0, 1, 1] * 4}}
+    pause_frame = js_round(pause_step * step_length) // QUANTUM * QUANTUM
+    play_frame = pause_frame + 100 * QUANTUM
+    result = render(
+        offline_page, sample_rate=sample_rate, seconds=5.0,
+        processorOptions={"bpm": bpm, "me": "me", "others": old, "script": [
+            {"type": "play"},
+            {"type": "pause", "atFrame": pause_frame},
+            {"type": "parts", "atFrame": pause_frame + 10 * QUANTUM, "id": 5, "loop": None, "others": new},
+            {"type": "play", "atFrame": play_frame},
+        ]},
+    )
+    held = play_frame - pause_frame
+    events = steps_of(result["messages"])
+    held_step = next(n for n in range(1000) if js_round(n * step_length) >= pause_frame)
+    next_loop = -(-held_step // 16)  # the loop of the held step if it is a Loop Start, else the one after
+    assert next_loop == {20.5: 2, 31.2: 2, 32.0: 2}[pause_step]
+    assert next(event for event in events if event["frame"] >= play_frame)["absoluteStep"] == held_step
+    for event in events:
+        expected = 5 if event["absoluteStep"] >= next_loop * 16 else 0
+        assert event["dataId"] == expected, event
+        steps = (new if expected == 5 else old)["bob"]["steps"]
+        assert event["sounded"] == (["bob"] if steps[event["step"]] else []), event
+    applied = [(message["id"], message["frame"]) for message in result["messages"] if message["type"] == "applied"]
+    loop_start_frame = js_round(next_loop * 16 * step_length)
+    assert applied == [(5, loop_start_frame + held if loop_start_frame >= pause_frame else loop_start_frame)]
+
+
+def test_the_mix_scales_each_users_voices_and_the_master(offline_page: Page) -> None:
+    """A user's gain scales their voices exactly (0 silences them), the master scales everything; the clock is unchanged."""
+    sample_rate, bpm = 44100, 240
+    step_length = frames_per_step(sample_rate, bpm)
+    own = {"sound": "hat", "steps": [1] + [0] * 15}
+    others = {"bob": {"sound": "hat", "steps": [0, 0, 0, 0, 1] + [0] * 11}}
+    bob_onset = js_round(4 * step_length)
+    windows = [[0, 2000], [bob_onset, bob_onset + 2000]]
+
+    def run(mix: dict[str, Any] | None) -> dict[str, Any]:
+        options: dict[str, Any] = {"bpm": bpm, "me": "me", "own": own, "others": others, "script": [{"type": "play"}]}
+        if mix is not None:
+            options["mix"] = mix
+        return render(offline_page, sample_rate=sample_rate, seconds=1.0, processorOptions=options, windows=windows)
+
+    plain = run(None)
+    half_bob = run({"gains": {"bob": 0.5}, "rest": 1, "master": 1})
+    muted_bob = run({"gains": {"bob": 0}, "rest": 1, "master": 1})
+    quiet = run({"gains": {}, "rest": 1, "master": 0.25})
+    assert plain["onsets"] == [0, bob_onset]
+    assert half_bob["windows"][0] == plain["windows"][0]
+    assert half_bob["windows"][1] == [sample * 0.5 for sample in plain["windows"][1]]
+    assert muted_bob["onsets"] == [0]
+    assert set(muted_bob["windows"][1]) == {0.0}
+    assert quiet["windows"][0] == [sample * 0.25 for sample in plain["windows"][0]]
+    assert [m["frame"] for m in steps_of(muted_bob["messages"])] == [m["frame"] for m in steps_of(plain["messages"])]

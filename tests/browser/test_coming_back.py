@@ -47,7 +47,7 @@ def test_a_reload_keeps_unsent_edits_and_sends_them_on_play(open_page: Callable[
     expected = [1, 0, 0, 0, 0, 1] + [0] * 10
     assert own_steps_shown(alice) == expected
     assert alice.evaluate("() => window.loopsync.sync.dirty()") is True
-    assert alice.inner_text("#unsent") == "Your changes are sent when you play."
+    assert alice.inner_text("#unsent") == "Your changes (marked •) are sent when you play."
     assert "alice" not in server_parts(loopsync_server, room)
     # Play: sent at once (and confirmed); then an edit while playing waits for the next sync, 12 s away.
     alice.keyboard.press("Space")

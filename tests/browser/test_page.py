@@ -36,7 +36,7 @@ def test_the_name_is_asked_once_and_kept_and_user_overrides_it(open_page: Callab
     wait_joined(page)
     assert page.evaluate("() => window.loopsync.sync.me") == "carol"
     page.wait_for_function("() => document.querySelectorAll('#presence li').length === 2")
-    assert page.locator("#presence li").all_inner_texts() == ["carol · paused · 120 BPM", "dave · paused · 120 BPM"]
+    assert page.locator("#presence li").all_inner_texts() == ["carol (you) · paused · 120 BPM", "dave · paused · 120 BPM"]
 
 
 def test_keyboard_mouse_sound_tempo_and_read_only_rows(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:
@@ -47,8 +47,8 @@ def test_keyboard_mouse_sound_tempo_and_read_only_rows(open_page: Callable[..., 
     frank.click('.row.own .cell[data-step="2"]')
     frank.keyboard.press("Space")  # play: sends it
     erin.wait_for_selector('.row[data-user=frank] .cell[data-step="2"].on', timeout=5 * TIME_UNIT * 1000)
-    # Others' rows: not buttons, clicking changes nothing.
-    assert erin.locator(".row[data-user=frank] button").count() == 0
+    # Others' rows: their steps are not buttons (only this page's mix is), clicking changes nothing.
+    assert erin.locator(".row[data-user=frank] .cells button").count() == 0
     erin.click('.row[data-user=frank] .cell[data-step="5"]')
     assert erin.evaluate("() => window.loopsync.sync.loopParts.frank.steps[5]") == 0
     assert "frank" in erin.inner_text(".row[data-user=frank] .who")
@@ -61,10 +61,16 @@ def test_keyboard_mouse_sound_tempo_and_read_only_rows(open_page: Callable[..., 
     erin.keyboard.press("Enter")
     assert erin.evaluate("() => window.loopsync.sync.own.steps") == [0, 0, 1] + [0] * 12 + [1]
     assert erin.get_attribute('.row.own .cell[data-step="2"]', "aria-pressed") == "true"
-    # Space while a step has focus is play/pause, not a toggle.
+    # Space on a step reached with the keyboard toggles it; anywhere else (and on a clicked step) it plays and pauses.
+    erin.keyboard.press("Space")
+    assert erin.evaluate("() => window.loopsync.sync.own.steps[15]") == 0
+    erin.keyboard.press("Space")
+    assert erin.evaluate("() => window.loopsync.sync.own.steps[15]") == 1
+    assert erin.inner_text("#play") == "Play"
+    erin.click('.row.own .cell[data-step="7"]')
     erin.keyboard.press("Space")
     erin.wait_for_function("() => window.loopsync.events.some(e => e.type === 'state' && e.playing)")
-    assert erin.evaluate("() => window.loopsync.sync.own.steps[15]") == 1
+    assert erin.evaluate("() => window.loopsync.sync.own.steps[7]") == 1
     assert erin.inner_text("#play") == "Pause"
     erin.select_option("#sound", "clap")
     erin.fill("#bpm", "150")

@@ -20,13 +20,13 @@ def _load(name: str) -> object:
 
 
 def test_rules_js_passes_every_shared_vector(browser: Browser, loopsync_server: ServeProcess) -> None:
-    """checkName, checkPart, mergeAtSync, differingUsers and every ClientSync scenario give the vectors' answers."""
-    files = {"names": "names.json", "parts": "parts.json", "merge": "merge.json", "client": "client.json"}
+    """checkName, checkPart, mergeAtSync, differingUsers, every ClientSync and PresenceTable scenario give the vectors' answers."""
+    files = {"names": "names.json", "parts": "parts.json", "merge": "merge.json", "client": "client.json", "presence": "presence.json"}
     vectors = {key: _load(name) for key, name in files.items()}
     expected_count = (
         len(vectors["names"]["cases"]) + len(vectors["parts"]["cases"])  # type: ignore[index]
         + len(vectors["merge"]["merge_at_sync"]) + len(vectors["merge"]["differing_users"])  # type: ignore[index]
-        + len(vectors["client"]["scenarios"])  # type: ignore[index]
+        + len(vectors["client"]["scenarios"]) + len(vectors["presence"]["scenarios"])  # type: ignore[index]
     )
     assert sorted(path.name for path in Path(VECTORS).glob("*.json")) == sorted(files.values()), "a vector file is not run"
     context = browser.new_context()

@@ -103,7 +103,7 @@ def test_an_edit_is_heard_from_the_next_loop_start_after_it_arrives(open_page: C
 
 
 def test_a_paused_page_shows_edits_at_once_sends_nothing_and_holds_its_clock(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:
-    """Paused, bob shows alice's edit at once, sends no frame, and his clock's position does not move."""
+    """Paused, bob shows alice's edit at once, sends no frame, holds his clock; resumed, the rest of that loop plays as it began, her part from the next Loop Start."""
     room = f"paused{next(_rooms)}"
     alice = open_page(room_url(loopsync_server, "alice", room=room, bpm=300))
     bob = open_page(room_url(loopsync_server, "bob", room=room, bpm=180))
@@ -146,17 +146,27 @@ def test_a_paused_page_shows_edits_at_once_sends_nothing_and_holds_its_clock(ope
     assert not [e for e in new_events if e["type"] in ("step", "syncDue", "sync")]
     assert bob.evaluate("() => window.loopsync.sentCount") == sent_before
     assert len(frames_sent) == frames_before
-    # The clock took alice's part at once too: it is what plays on the next step after play.
-    assert bob.evaluate("() => window.loopsync.app.heardOthers.alice.steps") == pattern
+    # The clock holds alice's part for the next Loop Start its transport reaches (docs/clock.md,
+    # "Pause and resume within a loop"): the rest of the paused loop plays what it began with.
+    next_loop_start = -(-held["nextStep"] // 16)
+    assert [data["loop"] for data in after["waiting"]] == [next_loop_start]
     # Play: the edits made while paused go out at once.
-    bob.keyboard.press("Space")
+    bob.click("#play")
     bob.wait_for_function("() => window.loopsync.sentLog.some(m => m.type === 'update')")
     update = bob.evaluate("() => window.loopsync.sentLog.find(m => m.type === 'update')")
     assert update["part"]["steps"][:6] == [0, 0, 0, 1, 1, 0]
-    bob.wait_for_function("(n) => window.loopsync.events.slice(n).some(e => e.type === 'step')", arg=events_before)
-    first_step = next(e for e in events(bob)[events_before:] if e["type"] == "step")
-    assert first_step["absoluteStep"] == held["nextStep"], "play continues from the held position"
-    assert first_step["transportFrame"] >= held["transportFrame"]
+    last_step = next_loop_start * 16 + 15
+    bob.wait_for_function(
+        "([n, last]) => window.loopsync.events.slice(n).some(e => e.type === 'step' && e.absoluteStep >= last)",
+        arg=[events_before, last_step], timeout=10 * TIME_UNIT * 1000,
+    )
+    played = [e for e in events(bob)[events_before:] if e["type"] == "step"]
+    assert played[0]["absoluteStep"] == held["nextStep"], "play continues from the held position"
+    assert played[0]["transportFrame"] >= held["transportFrame"]
+    assert [e["absoluteStep"] for e in played] == list(range(held["nextStep"], held["nextStep"] + len(played)))
+    for event in played[: last_step + 1 - held["nextStep"]]:
+        new_part = event["absoluteStep"] >= next_loop_start * 16
+        assert ("alice" in event["sounded"]) == (new_part and pattern[event["step"]] == 1), event
 
 
 def test_arrived_changes_are_marked_until_the_next_loop_start(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:
@@ -185,4 +195,4 @@ def test_arrived_changes_are_marked_until_the_next_loop_start(open_page: Callabl
     loop_start = bob.evaluate("() => window.loopsync.events.find(e => e.type === 'step' && e.sounded.includes('alice'))")
     assert loop_start["step"] == 0 and loop_start["loop"] == 1
     presence = bob.locator("#presence li").all_inner_texts()
-    assert presence == ["alice · playing · 300 BPM", "bob · playing · 90 BPM"]
+    assert presence == ["alice · playing · 300 BPM", "bob (you) · playing · 90 BPM"]

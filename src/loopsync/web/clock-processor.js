@@ -24,17 +24,30 @@
  *   reaches the edited step.
  * - Pause holds the transport frame and fades sounding voices out in a few
  *   milliseconds; play continues from the held frame.
+ * - Parts posted without a loop (`loop: null`: the page is paused, or starts
+ *   to play) wait for the next Loop Start the transport reaches: a loop
+ *   paused and resumed halfway plays its rest as it began, and the new parts
+ *   start at the next Loop Start (docs/clock.md, "Pause and resume within a
+ *   loop").
+ * - The page's own mix (`{type: 'mix', gains, master}`: a gain per user and
+ *   a master gain, never sent to the server) scales each voice by its user's
+ *   gain, ramped over one quantum so a change never clicks.
  *
  * Messages to the processor (applied at the start of the next quantum, or,
  * with `atFrame`, at the first quantum starting at or after that own frame:
  * tests script an OfflineAudioContext that way):
  *   {type: 'play'} {type: 'pause'} {type: 'tempo', bpm} {type: 'lead', seconds} {type: 'steps', steps}
- *   {type: 'own', part} {type: 'parts', id, loop, others}  (loop null: at once)
+ *   {type: 'own', part} {type: 'parts', id, loop, others}  (loop null: at the next Loop Start reached)
+ *   {type: 'mix', gains: {user: gain}, rest, master}  (a user not listed: gain `rest`, default 1)
  *   {type: 'status', id}  (answered at once, not at the next quantum)
  * Messages from it:
  *   {type: 'syncDue', loop, frame, transportFrame}
- *   {type: 'step', loop, step, absoluteStep, frame, transportFrame, sounded, dataId, dataLoop}
- *   {type: 'applied', id, loop, frame, atLoopStart}
+ *   {type: 'step', loop, step, absoluteStep, frame, transportFrame, contextTime, sounded, dataId, dataLoop}
+ *   {type: 'applied', id, loop, frame, contextTime, atLoopStart}
+ * (`contextTime`: the AudioContext time of that frame, for the page to draw
+ * it when it is heard.) Options: `processorOptions` {me, steps, bpm,
+ * leadSeconds, own, others, mix, endStep, script}; `endStep` (an export) sounds
+ * no step from that absolute step on.
  *   {type: 'state', playing, frame, transportFrame, bpm}
  *   {type: 'status', id, frame, transportFrame, playing, positionSteps, nextStep, bpm, dataId}
  */
@@ -89,6 +102,16 @@ class ClockProcessor extends AudioWorkletProcessor {
     this.voices = [];
     this.voiceSeed = 1;
     this.mix = new Float32Array(128);
+    /** @type {Record<string, number>} the page's mix: gain per user */
+    this.userGains = {};
+    /** The gain of a user the mix does not list (0 while another row is soloed). */
+    this.restGain = 1;
+    this.masterGain = 1;
+    this._setMix(config.mix);
+    /** The master gain the last quantum ended with (it ramps to masterGain over the next). */
+    this.masterGainNow = this.masterGain;
+    /** No step at or after this absolute step sounds (an export's end). */
+    this.endStep = typeof config.endStep === 'number' ? config.endStep : Infinity;
     /** @type {any[]} commands not yet applied, in arrival order */
     this.commands = (config.script || []).slice();
     this.port.onmessage = (event) => {
@@ -121,16 +144,21 @@ class ClockProcessor extends AudioWorkletProcessor {
     mix.fill(0);
     if (this.playing) this._advance(quantum);
     for (const voice of this.voices) {
-      voice.render(mix, voice.startIndex, quantum);
+      const gain = this._gainOf(voice.user);
+      voice.render(mix, voice.startIndex, quantum, voice.gain, gain);
+      voice.gain = gain;
       voice.startIndex = 0;
     }
     if (this.voices.some((voice) => voice.done)) this.voices = this.voices.filter((voice) => !voice.done);
+    const masterFrom = this.masterGainNow;
+    const masterTo = this.masterGain;
     for (const channel of channels) {
       for (let index = 0; index < quantum; index++) {
-        const sample = mix[index];
+        const sample = mix[index] * (masterFrom + ((masterTo - masterFrom) * index) / quantum);
         channel[index] = sample > 1 ? 1 : sample < -1 ? -1 : sample;
       }
     }
+    this.masterGainNow = masterTo;
     this.frame += quantum;
     return true;
   }
@@ -152,7 +180,7 @@ class ClockProcessor extends AudioWorkletProcessor {
           type: 'syncDue', loop: this.nextSyncLoop, frame: this.frame + offset, transportFrame: start + offset,
         });
         this.nextSyncLoop += 1;
-      } else if (stepFrame < end) {
+      } else if (stepFrame < end && this.nextStep < this.endStep) {
         this._sound(Math.max(0, stepFrame - start));
       } else {
         break;
@@ -173,18 +201,18 @@ class ClockProcessor extends AudioWorkletProcessor {
     /** @type {string[]} */
     const sounded = [];
     if (this.own && this.own.steps[step]) {
-      this._startVoice(this.own.sound, offset);
+      this._startVoice(this.own.sound, this.me, offset);
       sounded.push(this.me);
     }
     for (const { user, part } of this.current.others) {
       if (user !== this.me && part.steps[step]) {
-        this._startVoice(part.sound, offset);
+        this._startVoice(part.sound, user, offset);
         sounded.push(user);
       }
     }
     this.port.postMessage({
       type: 'step', loop, step, absoluteStep, frame: this.frame + offset, transportFrame: this.transportFrame + offset,
-      sounded, dataId: this.current.id, dataLoop: this.current.loop,
+      contextTime: currentTime + offset / sampleRate, sounded, dataId: this.current.id, dataLoop: this.current.loop,
     });
     this.nextStep = absoluteStep + 1;
   }
@@ -202,18 +230,46 @@ class ClockProcessor extends AudioWorkletProcessor {
     if (chosen === null) return;
     this.waiting = this.waiting.filter((data) => data.loop !== null && data.loop > loop);
     this.current = chosen;
-    this.port.postMessage({ type: 'applied', id: chosen.id, loop: chosen.loop, frame: this.frame + offset, atLoopStart: loop });
+    this.port.postMessage({
+      type: 'applied', id: chosen.id, loop: chosen.loop, frame: this.frame + offset,
+      contextTime: currentTime + offset / sampleRate, atLoopStart: loop,
+    });
   }
 
   /**
    * @param {string} sound
+   * @param {string} user whose part it is (for the mix)
    * @param {number} offset
    */
-  _startVoice(sound, offset) {
+  _startVoice(sound, user, offset) {
     if (this.voices.length >= MAX_VOICES) this.voices.shift();
     const voice = new Voice(sound, sampleRate, this.voiceSeed++);
     voice.startIndex = offset;
+    voice.user = user;
+    voice.gain = this._gainOf(user);
     this.voices.push(voice);
+  }
+
+  /**
+   * @param {string} user
+   * @returns {number} the user's gain in the page's mix (1 when not set)
+   */
+  _gainOf(user) {
+    const gain = this.userGains[user];
+    return gain === undefined ? this.restGain : gain;
+  }
+
+  /** @param {{gains?: Record<string, number>, rest?: number, master?: number} | undefined} mix */
+  _setMix(mix) {
+    if (!mix) return;
+    /** @type {Record<string, number>} */
+    const gains = {};
+    for (const [user, gain] of Object.entries(mix.gains ?? {})) {
+      if (Number.isFinite(gain) && gain >= 0) gains[user] = gain;
+    }
+    this.userGains = gains;
+    this.restGain = Number.isFinite(mix.rest) && /** @type {number} */ (mix.rest) >= 0 ? /** @type {number} */ (mix.rest) : 1;
+    if (Number.isFinite(mix.master) && /** @type {number} */ (mix.master) >= 0) this.masterGain = /** @type {number} */ (mix.master);
   }
 
   _applyCommands() {
@@ -263,24 +319,27 @@ class ClockProcessor extends AudioWorkletProcessor {
         if (command.me !== undefined) this.me = command.me;
         break;
       case 'parts': {
-        /** @type {LoopData} */
-        const data = { id: command.id, loop: command.loop ?? null, others: toUserParts(command.others) };
-        if (!this.playing || data.loop === null) {
-          // Paused (or told so): apply at once; anything waiting is older news.
-          this.waiting = [];
-          this.current = data;
-          this.port.postMessage({ type: 'applied', id: data.id, loop: data.loop, frame: this.frame, atLoopStart: null });
+        if (command.loop === null || command.loop === undefined) {
+          // Paused, or starting to play: the Local Data of now, for the next
+          // Loop Start the transport reaches (the current loop, if it has not
+          // begun; otherwise the one after). Anything waiting is older news.
+          // The rest of a loop paused halfway plays what it began with.
+          this.waiting = [{ id: command.id, loop: Math.ceil(this.nextStep / this.stepsPerLoop), others: toUserParts(command.others) }];
         } else {
-          this.waiting.push(data);
+          this.waiting.push({ id: command.id, loop: command.loop, others: toUserParts(command.others) });
         }
         break;
       }
+      case 'mix':
+        this._setMix(command);
+        break;
       case 'status':
         this.port.postMessage({
           type: 'status', id: command.id, frame: this.frame, transportFrame: this.transportFrame,
           playing: this.playing, positionSteps: this.timeline.positionSteps(this.transportFrame),
           nextStep: this.nextStep, bpm: this.timeline.bpm, dataId: this.current.id, leadFrames: this.leadFrames,
-          sampleRate,
+          sampleRate, waiting: this.waiting.map((data) => ({ id: data.id, loop: data.loop })),
+          gains: this.userGains, rest: this.restGain, master: this.masterGain,
         });
         break;
       default:

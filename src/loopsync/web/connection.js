@@ -32,6 +32,8 @@ export class Connection {
     this.attempt = 0;
     /** @type {ReturnType<typeof setTimeout> | null} */
     this.retryTimer = null;
+    /** performance.now() of the next attempt while closed (the page counts down to it). */
+    this.retryAt = 0;
     /** Text frames sent, for tests and the debug hook. */
     this.sentCount = 0;
     /** @type {any[]} the messages sent, newest last (bounded) */
@@ -66,6 +68,7 @@ export class Connection {
       this.socket = null;
       this.state = 'closed';
       const retrySeconds = this._nextDelaySeconds();
+      this.retryAt = performance.now() + retrySeconds * 1000;
       this.retryTimer = setTimeout(() => this.start(), retrySeconds * 1000);
       this.handlers.onClose({ code: event.code, retrySeconds });
     };

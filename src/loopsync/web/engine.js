@@ -5,6 +5,9 @@
  * messages to the page. It keeps no time itself.
  */
 
+import { Timeline } from './timeline.js';
+import { LONGEST_SECONDS } from './voices.js';
+
 /**
  * @typedef {object} EngineOptions
  * @property {string} me the own user name
@@ -13,6 +16,7 @@
  * @property {number} leadSeconds how long before a Loop Start the page is asked to sync
  * @property {import('./rules.js').Part} own the own part
  * @property {Record<string, import('./rules.js').Part>} others every other user's part
+ * @property {{gains: Record<string, number>, rest: number, master: number}} mix the page's mix
  * @property {(message: any) => void} onClockMessage every message the processor posts
  */
 
@@ -37,12 +41,12 @@ export class Engine {
     const context = new AudioContext({ latencyHint: 'interactive' });
     this.context = context;
     await context.audioWorklet.addModule(new URL('./clock-processor.js', import.meta.url));
-    const { me, steps, bpm, leadSeconds, own, others } = this.options;
+    const { me, steps, bpm, leadSeconds, own, others, mix } = this.options;
     const node = new AudioWorkletNode(context, 'loopsync-clock', {
       numberOfInputs: 0,
       numberOfOutputs: 1,
       outputChannelCount: [2],
-      processorOptions: { me, steps, bpm, leadSeconds, own, others },
+      processorOptions: { me, steps, bpm, leadSeconds, own, others, mix },
     });
     node.port.onmessage = (event) => {
       const message = event.data;
@@ -86,4 +90,43 @@ export class Engine {
       this.post({ type: 'status', id });
     });
   }
+}
+
+/**
+ * @typedef {object} RenderRequest
+ * @property {number} sampleRate
+ * @property {string} me
+ * @property {number} steps steps per loop
+ * @property {number} bpm
+ * @property {number} loops how many loops to render (then the last sounds ring out)
+ * @property {import('./rules.js').Part} own
+ * @property {Record<string, import('./rules.js').Part>} others
+ * @property {{gains: Record<string, number>, rest: number, master: number}} mix
+ */
+
+/**
+ * Render `loops` loops with the same clock processor in an OfflineAudioContext
+ * (an export): every onset falls on the frame the live clock would give it,
+ * `round(n * framesPerStep)` from the first frame.
+ * @param {RenderRequest} request
+ * @returns {Promise<{channels: Float32Array[], sampleRate: number, loopFrames: number}>}
+ */
+export async function renderLoops(request) {
+  const { sampleRate, me, steps, bpm, loops, own, others, mix } = request;
+  const timeline = new Timeline(sampleRate, bpm, steps);
+  const loopFrames = timeline.loopStartFrame(loops);
+  const frames = loopFrames + Math.ceil(LONGEST_SECONDS * sampleRate);
+  const context = new OfflineAudioContext(2, frames, sampleRate);
+  await context.audioWorklet.addModule(new URL('./clock-processor.js', import.meta.url));
+  const node = new AudioWorkletNode(context, 'loopsync-clock', {
+    numberOfInputs: 0,
+    numberOfOutputs: 1,
+    outputChannelCount: [2],
+    processorOptions: {
+      me, steps, bpm, own, others, mix, endStep: loops * steps, leadSeconds: 0, script: [{ type: 'play' }],
+    },
+  });
+  node.connect(context.destination);
+  const rendered = await context.startRendering();
+  return { channels: [rendered.getChannelData(0), rendered.getChannelData(1)], sampleRate, loopFrames };
 }

@@ -186,13 +186,21 @@ function checkSound(sound) {
 /**
  * Local Data, pending Shared Data and the user's unconfirmed edits (sync.py's ClientSync).
  *
+ * The state (docs/protocol.md, "The rules a client follows", is the same algorithm in prose):
  * - `shared`: the latest Shared Data heard from the server (pending while
  *   playing: other users' parts are taken from it only at a sync);
  * - `loopParts`: what the current loop plays: other users' parts as of the
  *   last sync (or as they arrive, while paused), and the own part, live
  *   (`loopParts[me] === own`);
  * - `confirmed` / `confirmedSeq`: the own part as the server last confirmed it;
- * - `inFlight`: updates sent on this connection and not yet answered.
+ * - `inFlight`: updates sent on this connection and not answered yet, in the
+ *   order they were sent (the last is the newest: after `bad_seq` seqs start
+ *   again lower);
+ * - `unanswered`: the newest update of a connection that closed before
+ *   answering it: the server may have committed it, may not have, or may
+ *   still commit it; settled once the server's seq of the user reaches it;
+ * - `nextSeq`, and `seqReset` (a `bad_seq` came: the next snapshot sets
+ *   `nextSeq` to its seq + 1, even lower).
  */
 export class ClientSync {
   /**
@@ -219,6 +227,9 @@ export class ClientSync {
     this.nextSeq = 1;
     /** @type {Map<number, Part>} */
     this.inFlight = new Map();
+    /** @type {[number, Part] | null} */
+    this.unanswered = null;
+    this.seqReset = false;
   }
 
   // -- what the user does ---------------------------------------------------
@@ -316,9 +327,15 @@ export class ClientSync {
 
   // -- what the connection says ---------------------------------------------
 
-  /** The connection closed: unanswered updates are lost; the next snapshot says what to resend. */
+  /**
+   * The connection closed: its unanswered updates will never be answered. The
+   * newest is kept aside (`unanswered`) until the next snapshot says whether
+   * the server committed it.
+   */
   onDisconnect() {
     this.connected = false;
+    const newest = this._newestInFlight();
+    if (newest !== null) this.unanswered = newest;
     this.inFlight.clear();
   }
 
@@ -348,22 +365,34 @@ export class ClientSync {
       this.steps = Number(doc.steps);
       this._setOwn(emptyPart(this.steps, this.own.sound));
       this.confirmed = null;
+      this.inFlight.clear();
+      this.unanswered = null;
     }
-    const hadEdits = this.dirty();
+    const serverSeq = Number(message.seq);
+    const parts = doc.parts;
+    const serverOwn = Object.prototype.hasOwnProperty.call(parts, this.me) && parts[this.me] !== null ? parts[this.me] : null;
+    const keepOwn = this._hasOwnEdits(serverSeq);
     this.connected = true;
     this.revision = Number(message.revision);
     /** @type {Parts} */
     const shared = {};
-    for (const user of Object.keys(doc.parts)) shared[user] = copyPart(doc.parts[user]);
+    for (const user of Object.keys(parts)) if (parts[user] !== null) shared[user] = copyPart(parts[user]);
     this.shared = shared;
-    // The snapshot is the authority on what the server holds of ours.
-    const serverSeq = Number(message.seq);
-    const serverOwn = Object.prototype.hasOwnProperty.call(shared, this.me) ? shared[this.me] : null;
+    // The snapshot is the authority on what the server holds of ours; updates
+    // at or below its seq are settled: committed, or never to be.
+    for (const seq of [...this.inFlight.keys()]) if (seq <= serverSeq) this.inFlight.delete(seq);
     this.confirmed = serverOwn !== null ? copyPart(serverOwn) : null;
     this.confirmedSeq = serverSeq;
-    this.nextSeq = Math.max(this.nextSeq, serverSeq + 1);
-    for (const seq of [...this.inFlight.keys()]) if (seq <= serverSeq) this.inFlight.delete(seq);
-    if (serverOwn !== null && !hadEdits) this._setOwn(copyPart(serverOwn));
+    if (this.seqReset && this.inFlight.size === 0) {
+      // After bad_seq: continue right above what the server has, even if lower.
+      this.nextSeq = serverSeq + 1;
+      this.seqReset = false;
+      this.unanswered = null;
+    } else {
+      this.nextSeq = Math.max(this.nextSeq, serverSeq + 1);
+    }
+    this._settleUnanswered();
+    if (serverOwn !== null && !keepOwn) this._setOwn(copyPart(serverOwn));
     if (!this.playing) this._takeShared();
     // Edits the server lacks go out at once while playing; paused, they wait for play.
     return this.playing ? this._sendOwn() : [];
@@ -372,34 +401,62 @@ export class ClientSync {
   /** @param {Message} message */
   _onUpdate(message) {
     const user = message.user;
-    const part = message.part;
-    this.revision = Math.max(this.revision, Number(message.revision));
-    this.shared[user] = copyPart(part);
+    const part = message.part ?? null;
+    if (message.revision !== undefined && message.revision !== null) {
+      this.revision = Math.max(this.revision, Number(message.revision));
+    }
     if (user !== this.me) {
+      if (part === null) {
+        // The server removed that user's part (a full room made room for a new user).
+        delete this.shared[user];
+        if (!this.playing) delete this.loopParts[user];
+        return;
+      }
+      this.shared[user] = copyPart(part);
       if (!this.playing) this.loopParts[user] = copyPart(part);
       return;
     }
-    // Another connection of the same user (a second tab) wrote our part.
+    if (part === null) {
+      // Our own part removed (not done while we are connected): the server holds none at seq 0.
+      delete this.shared[this.me];
+      this.confirmed = null;
+      this.confirmedSeq = 0;
+      this.unanswered = null;
+      return;
+    }
+    // Another connection of the same user (a second tab, or our own late-committed update).
     const seq = Number(message.seq);
     if (seq <= this.confirmedSeq) return;
-    const hadEdits = this.dirty() || this.inFlight.size > 0;
+    const keepOwn = this._hasOwnEdits(seq);
+    // Our updates at or below its seq are settled: accepted before it, or to be refused.
+    for (const old of [...this.inFlight.keys()]) if (old <= seq) this.inFlight.delete(old);
+    this.shared[this.me] = copyPart(part);
     this.confirmed = copyPart(part);
     this.confirmedSeq = seq;
     this.nextSeq = Math.max(this.nextSeq, seq + 1);
-    if (!hadEdits) this._setOwn(copyPart(part));
+    this._settleUnanswered();
+    if (!keepOwn) this._setOwn(copyPart(part));
   }
 
   /** @param {Message} message */
   _onAck(message) {
     const seq = Number(message.seq);
-    this.revision = Math.max(this.revision, Number(message.revision ?? 0));
+    if (message.revision !== undefined && message.revision !== null) {
+      this.revision = Math.max(this.revision, Number(message.revision));
+    }
     const part = this.inFlight.get(seq);
-    for (const old of [...this.inFlight.keys()]) if (old <= seq) this.inFlight.delete(old);
-    if (part !== undefined && seq > this.confirmedSeq) {
+    if (part === undefined) return;
+    // Replies come in request order: whatever was sent before it has been answered.
+    for (const old of [...this.inFlight.keys()]) {
+      this.inFlight.delete(old);
+      if (old === seq) break;
+    }
+    if (seq > this.confirmedSeq) {
       this.confirmed = part;
       this.confirmedSeq = seq;
       this.shared[this.me] = copyPart(part);
     }
+    this._settleUnanswered();
   }
 
   /**
@@ -413,10 +470,41 @@ export class ClientSync {
     this.inFlight.delete(seq);
     // Our counter is behind the server's: the snapshot answering a fetch carries its seq.
     if (message.code === 'stale_seq') return [{ type: 'fetch' }];
+    if (message.code === 'bad_seq') {
+      // Our counter is far above the server's: the snapshot answering the fetch resets it.
+      this.seqReset = true;
+      return [{ type: 'fetch' }];
+    }
     return [];
   }
 
   // -- helpers --------------------------------------------------------------
+
+  /**
+   * Must the own part win over the server's copy at `serverSeq`? Yes when the
+   * newest update we sent is above it (on its way, or lost and to be resent),
+   * or when the user edited since sending it; with nothing sent, when the part
+   * differs from the confirmed one.
+   * @param {number} serverSeq
+   * @returns {boolean}
+   */
+  _hasOwnEdits(serverSeq) {
+    const newest = this._newestInFlight() ?? this.unanswered;
+    if (newest === null) return this.dirty();
+    return newest[0] > serverSeq || !jsonEqual(this.own, newest[1]);
+  }
+
+  /** Once the server has accepted a seq of ours at or above it, the unanswered update can never be committed: settled. */
+  _settleUnanswered() {
+    if (this.unanswered !== null && this.unanswered[0] <= this.confirmedSeq) this.unanswered = null;
+  }
+
+  /** @returns {[number, Part] | null} */
+  _newestInFlight() {
+    let newest = null;
+    for (const entry of this.inFlight) newest = entry;
+    return newest;
+  }
 
   /** @param {number} step */
   _checkStep(step) {
@@ -439,10 +527,10 @@ export class ClientSync {
   /** @returns {Message[]} */
   _sendOwn() {
     if (!this.connected) return [];
-    if (this.inFlight.size > 0) {
+    const newest = this._newestInFlight();
+    if (newest !== null) {
       // Compare with the newest update on its way: after A, B were sent, going back to A must be sent again.
-      const newest = Math.max(...this.inFlight.keys());
-      if (jsonEqual(this.own, this.inFlight.get(newest))) return [];
+      if (jsonEqual(this.own, newest[1])) return [];
     } else if (!this.dirty()) {
       return [];
     }
@@ -451,5 +539,73 @@ export class ClientSync {
     const part = copyPart(this.own);
     this.inFlight.set(seq, part);
     return [{ type: 'update', seq, part: copyPart(part) }];
+  }
+}
+
+/** @typedef {{id: string, user: string, playing: boolean, bpm: number | null}} PresenceEntry */
+
+/**
+ * Who is in the room: one entry per connection, kept from `presence` messages
+ * (sync.py's PresenceTable). A `presence` with `users` replaces the whole
+ * table; one with `changed` and `left` upserts entries by `id` and removes the
+ * ids that left. The snapshot's `id` names this connection's own entry. A
+ * disconnect empties the table: the next connection gets a full one.
+ */
+export class PresenceTable {
+  constructor() {
+    /** @type {string | null} */
+    this.ownId = null;
+    /** @type {Map<string, PresenceEntry>} */
+    this.entries = new Map();
+  }
+
+  /**
+   * Feed any server message.
+   * @param {Message} message
+   * @returns {boolean} true when the table changed (only `presence` and `snapshot` can change it)
+   */
+  onMessage(message) {
+    if (message.type === 'snapshot') {
+      const ownId = typeof message.id === 'string' ? message.id : null;
+      const changed = ownId !== this.ownId;
+      this.ownId = ownId;
+      return changed;
+    }
+    if (message.type !== 'presence') return false;
+    const isEntry = (/** @type {any} */ entry) => entry !== null && typeof entry === 'object' && !Array.isArray(entry);
+    if (message.users !== undefined && message.users !== null) {
+      // A server older than the ids sends whole tables only: keep its entries by position.
+      this.entries = new Map();
+      for (const [index, entry] of message.users.entries()) {
+        if (isEntry(entry)) this.entries.set(String(entry.id ?? `#${index}`), { ...entry });
+      }
+      return true;
+    }
+    for (const entry of message.changed ?? []) if (isEntry(entry) && 'id' in entry) this.entries.set(String(entry.id), { ...entry });
+    for (const id of message.left ?? []) this.entries.delete(String(id));
+    return true;
+  }
+
+  /** The connection closed: the table is unknown until the next connection's full table. */
+  onDisconnect() {
+    this.ownId = null;
+    this.entries = new Map();
+  }
+
+  /**
+   * Entries grouped by user (two tabs of one user are one row); users and each user's entries sorted by id.
+   * @returns {Record<string, PresenceEntry[]>}
+   */
+  byUser() {
+    /** @type {Record<string, PresenceEntry[]>} */
+    const grouped = {};
+    const ids = [...this.entries.keys()].sort();
+    const users = [...new Set(ids.map((id) => String(this.entries.get(id)?.user)))].sort();
+    for (const user of users) grouped[user] = [];
+    for (const id of ids) {
+      const entry = /** @type {PresenceEntry} */ (this.entries.get(id));
+      grouped[String(entry.user)].push({ ...entry });
+    }
+    return grouped;
   }
 }

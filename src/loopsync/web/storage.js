@@ -1,35 +1,73 @@
 // @ts-check
 /**
- * What survives a page reload, in localStorage: the user's name (asked once)
- * and, per room and user, the own part with what the server last confirmed
- * of it, so unsent edits are resent after the reload, plus the tempo.
+ * What survives a page reload, in localStorage: the user's name (asked once;
+ * sessionStorage keeps a tab's own), the page's own mix per room, and, per
+ * room and user, the own part with what the server last confirmed of it, so
+ * unsent edits are resent after the reload, plus the tempo.
  */
 
 import { copyPart } from './rules.js';
 
 const USER_KEY = 'loopsync:user';
+const TAB_USER_KEY = 'loopsync:tab-user';
 
 /**
- * @param {Storage | null} storage
- * @returns {string | null} the remembered user name
+ * The user name for this tab: the tab's own (sessionStorage: set by `?user=`
+ * or the join form, kept across reloads of this tab only), else the one this
+ * browser remembers (localStorage), else null (the page asks).
+ * @param {Storage | null} storage localStorage
+ * @param {Storage | null} [tabStorage] sessionStorage
+ * @returns {string | null}
  */
-export function loadUserName(storage) {
+export function loadUserName(storage, tabStorage = null) {
   try {
-    return storage ? storage.getItem(USER_KEY) : null;
+    return tabStorage?.getItem(TAB_USER_KEY) || (storage ? storage.getItem(USER_KEY) : null);
   } catch {
     return null; // storage disabled: ask every time
   }
 }
 
 /**
- * @param {Storage | null} storage
+ * Remember the name for this tab, and (unless `tabOnly`) for this browser.
+ * @param {Storage | null} storage localStorage
  * @param {string} name
+ * @param {Storage | null} [tabStorage] sessionStorage
+ * @param {boolean} [tabOnly] true for `?user=`: another tab of this browser keeps its own name
  */
-export function saveUserName(storage, name) {
+export function saveUserName(storage, name, tabStorage = null, tabOnly = false) {
   try {
-    storage?.setItem(USER_KEY, name);
+    tabStorage?.setItem(TAB_USER_KEY, name);
+    if (!tabOnly) storage?.setItem(USER_KEY, name);
   } catch {
     // storage full or disabled: the name is asked again next time
+  }
+}
+
+/**
+ * The page's own mix for a room (mix.js reads it; anything unreadable is ignored).
+ * @param {Storage | null} storage
+ * @param {string} room
+ * @returns {unknown}
+ */
+export function loadMix(storage, room) {
+  try {
+    const text = storage?.getItem(`loopsync-mix:${room}`);
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * @param {Storage | null} storage
+ * @param {string} room
+ * @param {unknown} mix what Mix.toJSON() gives
+ */
+export function saveMix(storage, room, mix) {
+  try {
+    storage?.setItem(`loopsync-mix:${room}`, JSON.stringify(mix));
+  } catch {
+    // storage full or disabled: the mix lasts as long as the page
   }
 }
 

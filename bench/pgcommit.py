@@ -1,0 +1,133 @@
+"""What a commit batch of PostgresStore costs, per proposal, at batch sizes 1, 10 and 100.
+
+Starts its own PostgreSQL (``tests/services.py``: Debian's PostgreSQL in a
+temporary directory, default settings, so ``fsync`` on and
+``synchronous_commit`` on), fills 1,000 rooms with 4 parts each, then sends
+batches back to back through ``PostgresStore.commit`` (one round trip, one
+transaction each): every proposal is a new part of an existing user (the
+common case: seq check, next revision, the part replaced), spread over the
+rooms at random. For each batch size it reports, per proposal:
+
+- ``wall``: elapsed time (one batch at a time, so this is latency / size);
+- ``node CPU``: this process's CPU (asyncpg encoding and decoding, our code);
+- ``PostgreSQL CPU``: the CPU of every PostgreSQL process (backend, WAL writer...).
+
+and it does so twice: as deployed (``synchronous_commit=on``: each commit
+waits for its WAL flush) and with ``synchronous_commit=off`` (the same work
+without waiting for the disk), so the disk's share is visible. An empty
+round trip (``SELECT 1``) is measured as the floor.
+
+Run: ``python bench/pgcommit.py [--smoke] [--json FILE]`` (about 20 s; ``--smoke`` 3 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from services import PostgresService, _children  # noqa: E402  (the tests' real PostgreSQL)
+
+import asyncpg  # noqa: E402
+
+from loopsync.pgstore import PostgresStore, Proposal  # noqa: E402
+
+ROOMS = 1000
+USERS_PER_ROOM = 4
+SIZES = (1, 10, 100)
+PART = {"sound": "kick", "steps": [1, 0, 0, 0] * 4}
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds(service: PostgresService) -> float:
+    """User + system CPU of the postmaster and all its children so far (exited backends are not counted: ours stay)."""
+    assert service.process is not None
+    total = 0
+    for pid in [service.process.pid, *_children(service.process.pid)]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+async def run(service: PostgresService, dsn: str, proposals_per_size: int) -> dict[str, Any]:
+    store = PostgresStore(dsn)
+    await store.open()
+    seqs: dict[tuple[str, str], int] = {}
+    chooser = random.Random(1)
+    keys = [(f"room{room}", f"user{user}") for room in range(ROOMS) for user in range(USERS_PER_ROOM)]
+
+    def proposals(count: int) -> list[Proposal]:
+        batch = []
+        for room, user in chooser.sample(keys, count):
+            seqs[(room, user)] = seqs.get((room, user), 0) + 1
+            batch.append(Proposal(room, user, seqs[(room, user)], PART, frozenset()))
+        return batch
+
+    for start in range(0, len(keys), 500):  # the rooms' first parts
+        for outcome in await store.commit([Proposal(room, user, 1, PART, frozenset()) for room, user in keys[start:start + 500]]):
+            assert isinstance(outcome, list)
+    seqs.update({key: 1 for key in keys})
+    results: dict[str, Any] = {}
+    connection = await asyncpg.connect(dsn)
+    rounds = max(50, proposals_per_size // 10)
+    started, cpu, pg = time.perf_counter(), time.process_time(), postgres_cpu_seconds(service)
+    for _ in range(rounds):
+        await connection.fetchval("SELECT 1")
+    results["round_trip"] = _figures(rounds, started, cpu, pg, service)
+    await connection.close()
+    for size in SIZES:
+        batches = [proposals(size) for _ in range(max(1, proposals_per_size // size))]
+        started, cpu, pg = time.perf_counter(), time.process_time(), postgres_cpu_seconds(service)
+        for batch in batches:
+            for outcome in await store.commit(batch):
+                assert isinstance(outcome, list), outcome
+        results[str(size)] = _figures(len(batches) * size, started, cpu, pg, service)
+    await store.close()
+    return results
+
+
+def _figures(count: int, started: float, cpu: float, pg: float, service: PostgresService) -> dict[str, float]:
+    return {"count": count,
+            "wall_us": (time.perf_counter() - started) / count * 1e6,
+            "node_cpu_us": (time.process_time() - cpu) / count * 1e6,
+            "postgres_cpu_us": (postgres_cpu_seconds(service) - pg) / count * 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="a few hundred proposals per size")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    arguments = parser.parse_args()
+    proposals_per_size = 300 if arguments.smoke else 3000
+    service = PostgresService().start()
+    report: dict[str, Any] = {}
+    try:
+        for mode in ("on", "off"):
+            database = service.create_database()
+            service.query(f"ALTER DATABASE {database} SET synchronous_commit = {mode}")
+            report[f"synchronous_commit={mode}"] = asyncio.run(run(service, service.dsn(database), proposals_per_size))
+    finally:
+        service.close()
+    print(f"PostgresStore.commit, {ROOMS} rooms x {USERS_PER_ROOM} parts, one batch at a time; per proposal:")
+    for mode, results in report.items():
+        print(f"  {mode}")
+        print(f"    {'batch':>12} {'wall us':>9} {'node CPU us':>12} {'PostgreSQL CPU us':>18}")
+        for size, figures in results.items():
+            label = "SELECT 1" if size == "round_trip" else size
+            print(f"    {label:>12} {figures['wall_us']:9.0f} {figures['node_cpu_us']:12.0f} {figures['postgres_cpu_us']:18.0f}")
+    if arguments.json:
+        arguments.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
