@@ -274,7 +274,7 @@ class Run:
         if not server.store_up:
             return
         placed = server.part_from_client and server.part is not None and server.part == self.last_edit and server.client_update_sent_at > self.last_edit_at
-        seq = server.last_seq + jump
+        seq = min(server.last_seq + jump, max(server.last_seq, FREE_SEQS) + SEQ_JUMP_LIMIT)  # the other tab follows the rules too
         revision = server.accept(seq, part)
         server.part_from_client = False
         server.writes += 1
@@ -428,7 +428,7 @@ WEIGHTS = {"deliver": 8, "serve": 8, "settle": 2, "sync": 5, "toggle": 4, "sound
            "disconnect": 2, "reconnect": 3, "fetch": 1, "serve_dead": 3, "drop_dead": 1, "remove_mine": 1, "presence": 1,
            "store": 2, "other_tab": 3, "bob": 1}
 SOUND_CHOICES = ["kick", "tom"]
-JUMPS = [1, 1, 2, SEQ_JUMP_LIMIT]
+JUMPS = [1, 2, SEQ_JUMP_LIMIT, FREE_SEQS + SEQ_JUMP_LIMIT]  # the last one reaches the highest seq accepted
 # An event is (kind, a, b): a and b are small numbers that only some kinds read (a step, a part, a jump...).
 EVENTS = st.tuples(st.sampled_from([kind for kind, weight in WEIGHTS.items() for _ in range(weight)]), st.integers(0, 3), st.integers(0, 3))
 _PARAMETRIC = {"toggle", "sound", "store", "other_tab", "bob"}
@@ -475,7 +475,7 @@ def test_model_reaches_every_kind_of_reply() -> None:
     """The model is not vacuous: a scripted run meets unavailable, bad_seq, stale_seq, a removal and a late commit, and no edit is lost."""
     events: list[tuple[Any, ...]] = [
         ("settle",), ("play",), ("toggle", 0), ("sync",), ("settle",),  # joined; seq 1 acknowledged
-        ("other_tab", 0, 3), ("settle",),  # another tab writes 2^20 seqs above: adopted, our next seq follows
+        ("other_tab", 0, 3), ("settle",),  # another tab writes the highest seq accepted: adopted, our next seq follows
         ("toggle", 1), ("store", 0), ("sync",), ("settle",), ("store", 1),  # unavailable
         ("disconnect",), ("remove_mine",), ("reconnect",), ("settle",),  # seq restarts at 0: bad_seq, fetch, seq 1
         ("other_tab", 1, 0), ("toggle", 2), ("sync",), ("settle",),  # our seq 2 meets the other tab's: stale_seq
