@@ -173,7 +173,10 @@ async def test_edits_made_while_paused_are_sent_on_play(server: Any, start: Star
 
 
 async def test_updates_that_arrive_while_paused_apply_at_once(server: Any, start: Start) -> None:
-    """A paused client shows an arrived part at once, plays nothing, and continues from the held step on play."""
+    """A paused client shows an arrived part at once, plays nothing, and continues from the held step on play.
+
+    The rest of the loop it paused in plays as that loop began; the new part is heard from the next Loop Start (docs/clock.md).
+    """
     alice, alice_log = await start(server.ws_url, "alice", bpm=FAST)
     bob, bob_log = await start(server.ws_url, "bob", bpm=FASTER)
     await bob_log.next("step", lambda e: e["index"] == 5)
@@ -183,6 +186,7 @@ async def test_updates_that_arrive_while_paused_apply_at_once(server: Any, start
     assert bob_log.all("transport")[-1]["playing"] is False
 
     alice.toggle(2)
+    alice.toggle(9)
     part = copy_part(alice.sync.own)
     await bob_log.next("received", update_from("alice"), after=paused)
     assert bob.sync.loop_parts["alice"] == part
@@ -194,8 +198,12 @@ async def test_updates_that_arrive_while_paused_apply_at_once(server: Any, start
     bob.play()
     step = await bob_log.next("step", after=paused)
     assert step["step"] == last_step + 1, "play continues from the held position"
+    rest = await bob_log.next("step", lambda e: e["index"] == 9, after=paused)
+    assert rest["loop"] == step["loop"] and "alice" not in rest["users"], "the resumed loop's rest plays as it began"
     hit = await bob_log.next("step", lambda e: e["index"] == 2, after=paused)
-    assert "alice" in hit["users"], "the part applied while paused plays without waiting for a sync"
+    assert hit["loop"] == step["loop"] + 1 and "alice" in hit["users"], "the part applied while paused plays from the next Loop Start"
+    hit = await bob_log.next("step", lambda e: e["index"] == 9, after=hit)
+    assert "alice" in hit["users"]
 
 
 async def test_dropped_connection_reconnects_and_resends_unconfirmed_edits(server: Any, start: Start) -> None:

@@ -49,7 +49,7 @@ from typing import Any, Callable
 import aiohttp
 
 from . import protocol
-from .document import DEFAULT_STEPS, check_name, copy_part
+from .document import DEFAULT_STEPS, Parts, check_name, copy_part
 from .sync import ClientSync, LoopClock, Message, PresenceTable
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,8 @@ class Client:
         self._loop = -1
         self._loop_steps = DEFAULT_STEPS
         self._next_loop_start_step = 0
+        self._resumed_loop_parts: Parts | None = None
+        """Other users' parts as the loop paused mid-way began: its rest plays them (docs/clock.md)."""
         self._synced_loop = -1
 
     # -- life cycle -------------------------------------------------------------
@@ -226,6 +228,10 @@ class Client:
             return
         now = time.monotonic()
         self.clock.pause(now)
+        if self._next_step != self._next_loop_start_step and self._resumed_loop_parts is None:
+            # Paused mid-loop: parts arriving now are shown at once but the
+            # rest of this loop, once resumed, plays what it began with.
+            self._resumed_loop_parts = {user: copy_part(part) for user, part in self.sync.loop_parts.items() if user != self.user}
         self.sync.pause()
         self._after_transport_change(now)
 
@@ -305,10 +311,12 @@ class Client:
             self._loop += 1
             self._loop_steps = self.sync.steps
             self._next_loop_start_step = step + self._loop_steps
+            self._resumed_loop_parts = None
             parts = {user: copy_part(part) for user, part in sorted(self.sync.loop_parts.items())}
             self._emit("loop_start", loop=self._loop, due=due_seconds, parts=parts, users=[u for u, p in parts.items() if any(p["steps"])])
         index = step - (self._next_loop_start_step - self._loop_steps)
-        users = [user for user, part in sorted(self.sync.loop_parts.items()) if index < len(part["steps"]) and part["steps"][index]]
+        playing = self.sync.loop_parts if self._resumed_loop_parts is None else {**self._resumed_loop_parts, self.user: self.sync.own}
+        users = [user for user, part in sorted(playing.items()) if index < len(part["steps"]) and part["steps"][index]]
         self._emit("step", step=step, loop=self._loop, index=index, due=due_seconds, users=users)
         self._next_step = step + 1
         if self._next_step == self._next_loop_start_step:
