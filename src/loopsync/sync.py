@@ -12,6 +12,8 @@ method names here are part of that contract (camelCase in JavaScript).
 from __future__ import annotations
 
 import math
+
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -357,6 +359,8 @@ class PresenceTable:
     def __init__(self) -> None:
         self.own_id: str | None = None
         self.entries: dict[str, dict[str, Any]] = {}
+        self.known = False
+        """False until a full table has come on this connection."""
 
     def on_message(self, message: Mapping[str, Any]) -> bool:
         """Feed any server message; True when the table changed (only ``presence`` and ``snapshot`` can change it)."""
@@ -371,15 +375,18 @@ class PresenceTable:
             return False
         users = message.get("users")
         if users is not None:
-            # A server older than the ids sends whole tables only: keep its entries by position.
-            self.entries = {
-                str(entry["id"]) if entry.get("id") is not None else f"#{index}": dict(entry) for index, entry in enumerate(users) if isinstance(entry, Mapping)
-            }
+            # A server older than the ids sends whole tables only: its entries are kept by position.
+            entries = (read_presence_entry(value, f"#{index}") for index, value in enumerate(users if isinstance(users, list) else []))
+            self.entries = {entry["id"]: entry for entry in entries if entry is not None}
+            self.known = True
             return True
-        for entry in message.get("changed") or []:
-            if isinstance(entry, Mapping) and "id" in entry:
-                self.entries[str(entry["id"])] = dict(entry)
-        for gone in message.get("left") or []:
+        changed = message.get("changed")
+        for value in changed if isinstance(changed, list) else []:
+            entry = read_presence_entry(value, None)
+            if entry is not None:
+                self.entries[entry["id"]] = entry
+        left = message.get("left")
+        for gone in left if isinstance(left, list) else []:
             self.entries.pop(str(gone), None)
         return True
 
@@ -387,6 +394,7 @@ class PresenceTable:
         """The connection closed: the table is unknown until the next connection's full table."""
         self.own_id = None
         self.entries = {}
+        self.known = False
 
     def listed(self) -> list[dict[str, Any]]:
         """Every entry, ordered by user and then by id (copies)."""
@@ -399,6 +407,35 @@ class PresenceTable:
             entry = self.entries[entry_id]
             grouped.setdefault(str(entry.get("user")), []).append(dict(entry))
         return dict(sorted(grouped.items()))
+
+
+def read_presence_entry(value: object, fallback_id: str | None) -> dict[str, Any] | None:
+    """One presence entry as the table keeps it, or None when it is not one (rules.js's readPresenceEntry).
+
+    ``user`` must be a non-empty string; ``id`` a string (a number is written
+    as one), else ``fallback_id`` (None drops the entry); ``playing`` is True
+    only when it is ``true``; ``bpm`` a finite number, else None.
+    """
+    if not isinstance(value, Mapping):
+        return None
+    user, given, bpm = value.get("user"), value.get("id"), value.get("bpm")
+    if not isinstance(user, str) or not user:
+        return None
+    if isinstance(given, str):
+        entry_id = given
+    elif isinstance(given, (int, float)) and not isinstance(given, bool):
+        entry_id = _js_number_text(given)
+    elif fallback_id is not None:
+        entry_id = fallback_id
+    else:
+        return None
+    finite = isinstance(bpm, (int, float)) and not isinstance(bpm, bool) and math.isfinite(bpm)
+    return {"id": entry_id, "user": user, "playing": value.get("playing") is True, "bpm": bpm if finite else None}
+
+
+def _js_number_text(number: float) -> str:
+    """A number as JavaScript's String() writes it, for the integers ids are (7 and 7.0 both give "7")."""
+    return str(int(number)) if float(number).is_integer() and abs(number) < 2**53 else repr(number)
 
 
 def _check_sound(sound: object) -> None:

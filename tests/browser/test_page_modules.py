@@ -32,7 +32,7 @@ def presence_after(page: Page, messages: list[dict[str, Any]], own_id: str | Non
         """async ([messages, ownId, me]) => {
              const { Presence, describeGroup } = await import('/presence.js');
              const presence = new Presence();
-             presence.setOwnId(ownId);
+             presence.onMessage({ type: 'snapshot', id: ownId });
              const understood = messages.map((message) => presence.apply(message));
              const groups = presence.groups(me);
              return {

@@ -447,7 +447,7 @@ class App {
   /** @param {{code: number, retrySeconds: number}} info */
   _onClose(info) {
     this.sync.onDisconnect();
-    this.presence.clear();
+    this.presence.onDisconnect();
     this._event({ type: 'disconnected', code: info.code });
     this._showOffline();
     if (this.offlineTimer === null) this.offlineTimer = setInterval(() => this._showOffline(), COUNTDOWN_MS * 2);
@@ -484,7 +484,7 @@ class App {
       this.view.setMessage(errorText(message));
     } else if (message.type === 'snapshot') {
       this.view.setMessage('');
-      this.presence.setOwnId(message.id);
+      this.presence.onMessage(message);
     }
     const steps = this.sync.steps;
     this._send(this.sync.onMessage(message));

@@ -18,13 +18,9 @@
  * snapshot (`snapshot.id`); the page groups entries by user for display.
  */
 
-/**
- * @typedef {object} PresenceEntry
- * @property {string} id one connection, unique among the room's current connections
- * @property {string} user
- * @property {boolean} playing
- * @property {number | null} bpm
- */
+import { PresenceTable } from './rules.js';
+
+/** @typedef {import('./rules.js').PresenceEntry} PresenceEntry */
 
 /**
  * @typedef {object} PresenceGroup
@@ -35,73 +31,16 @@
  * @property {PresenceEntry[]} otherTabs the tabs that are not this page's own connection
  */
 
-/**
- * @param {unknown} value
- * @param {string} fallbackId the id to use when the entry has none (first server's form)
- * @returns {PresenceEntry | null} a clean entry, or null when it is not one
- */
-export function readEntry(value, fallbackId) {
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) return null;
-  const record = /** @type {Record<string, unknown>} */ (value);
-  if (typeof record.user !== 'string' || record.user === '') return null;
-  const id = typeof record.id === 'string' ? record.id : typeof record.id === 'number' ? String(record.id) : fallbackId;
-  const bpm = typeof record.bpm === 'number' && Number.isFinite(record.bpm) ? record.bpm : null;
-  return { id, user: record.user, playing: record.playing === true, bpm };
-}
-
-/** The room's presence table, fed by the server's messages. */
-export class Presence {
-  constructor() {
-    /** @type {Map<string, PresenceEntry>} by id */
-    this.entries = new Map();
-    /** This page's own entry id, from the snapshot (null: not known, or a server that sends none). */
-    /** @type {string | null} */
-    this.ownId = null;
-    /** False until a full table has come on this connection (and after a disconnect). */
-    this.known = false;
-  }
-
+/** The room's presence table (rules.js, checked against the shared vectors) and how the page shows it. */
+export class Presence extends PresenceTable {
   /**
    * Feed one `presence` message.
    * @param {Record<string, any>} message
    * @returns {boolean} true when it was understood (and applied)
    */
   apply(message) {
-    if (Array.isArray(message.users)) {
-      /** @type {Map<string, PresenceEntry>} */
-      const entries = new Map();
-      message.users.forEach((/** @type {unknown} */ value, /** @type {number} */ index) => {
-        const entry = readEntry(value, `#${index}`);
-        if (entry) entries.set(entry.id, entry);
-      });
-      this.entries = entries;
-      this.known = true;
-      return true;
-    }
-    if (Array.isArray(message.changed) || Array.isArray(message.left)) {
-      for (const value of message.changed ?? []) {
-        const entry = readEntry(value, '');
-        if (entry && entry.id !== '') this.entries.set(entry.id, entry);
-      }
-      for (const id of message.left ?? []) this.entries.delete(String(id));
-      return true;
-    }
-    return false;
-  }
-
-  /**
-   * The snapshot named this connection's own entry.
-   * @param {unknown} id
-   */
-  setOwnId(id) {
-    this.ownId = typeof id === 'string' ? id : typeof id === 'number' ? String(id) : null;
-  }
-
-  /** The connection closed: nothing is known until the next full table. */
-  clear() {
-    this.entries = new Map();
-    this.known = false;
-    this.ownId = null;
+    if (!Array.isArray(message.users) && !Array.isArray(message.changed) && !Array.isArray(message.left)) return false;
+    return this.onMessage(message);
   }
 
   /**

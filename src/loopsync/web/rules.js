@@ -545,11 +545,31 @@ export class ClientSync {
 /** @typedef {{id: string, user: string, playing: boolean, bpm: number | null}} PresenceEntry */
 
 /**
+ * One presence entry as the table keeps it, or null when it is not one
+ * (sync.py's read_presence_entry): `user` must be a non-empty string; `id`
+ * a string (a number is written as one), else `fallbackId`; `playing` is
+ * true only when it is `true`; `bpm` a finite number, else null.
+ * @param {unknown} value
+ * @param {string | null} fallbackId the id of an entry without one (its place in a full table), null to drop it
+ * @returns {PresenceEntry | null}
+ */
+export function readPresenceEntry(value, fallbackId) {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return null;
+  const record = /** @type {Record<string, unknown>} */ (value);
+  if (typeof record.user !== 'string' || record.user === '') return null;
+  const id = typeof record.id === 'string' ? record.id : typeof record.id === 'number' ? String(record.id) : fallbackId;
+  if (id === null) return null;
+  const bpm = typeof record.bpm === 'number' && Number.isFinite(record.bpm) ? record.bpm : null;
+  return { id, user: record.user, playing: record.playing === true, bpm };
+}
+
+/**
  * Who is in the room: one entry per connection, kept from `presence` messages
  * (sync.py's PresenceTable). A `presence` with `users` replaces the whole
  * table; one with `changed` and `left` upserts entries by `id` and removes the
  * ids that left. The snapshot's `id` names this connection's own entry. A
  * disconnect empties the table: the next connection gets a full one.
+ * `known` is false until a full table has come on this connection.
  */
 export class PresenceTable {
   constructor() {
@@ -557,6 +577,7 @@ export class PresenceTable {
     this.ownId = null;
     /** @type {Map<string, PresenceEntry>} */
     this.entries = new Map();
+    this.known = false;
   }
 
   /**
@@ -572,17 +593,21 @@ export class PresenceTable {
       return changed;
     }
     if (message.type !== 'presence') return false;
-    const isEntry = (/** @type {any} */ entry) => entry !== null && typeof entry === 'object' && !Array.isArray(entry);
     if (message.users !== undefined && message.users !== null) {
-      // A server older than the ids sends whole tables only: keep its entries by position.
+      // A server older than the ids sends whole tables only: its entries are kept by position.
       this.entries = new Map();
-      for (const [index, entry] of message.users.entries()) {
-        if (isEntry(entry)) this.entries.set(String(entry.id ?? `#${index}`), { ...entry });
+      for (const [index, value] of (Array.isArray(message.users) ? message.users : []).entries()) {
+        const entry = readPresenceEntry(value, `#${index}`);
+        if (entry) this.entries.set(entry.id, entry);
       }
+      this.known = true;
       return true;
     }
-    for (const entry of message.changed ?? []) if (isEntry(entry) && 'id' in entry) this.entries.set(String(entry.id), { ...entry });
-    for (const id of message.left ?? []) this.entries.delete(String(id));
+    for (const value of Array.isArray(message.changed) ? message.changed : []) {
+      const entry = readPresenceEntry(value, null);
+      if (entry) this.entries.set(entry.id, entry);
+    }
+    for (const id of Array.isArray(message.left) ? message.left : []) this.entries.delete(String(id));
     return true;
   }
 
@@ -590,6 +615,7 @@ export class PresenceTable {
   onDisconnect() {
     this.ownId = null;
     this.entries = new Map();
+    this.known = false;
   }
 
   /**
