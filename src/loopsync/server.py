@@ -138,8 +138,9 @@ class _RoomState:
     def __init__(self, room: Room) -> None:
         self.room = room
         self.peers: dict[int, _Peer] = {}
-        self.outgoing: deque[tuple[Accepted, _Peer | None, _Reply | None]] = deque()
-        """Committed records to tell the members, in revision order (with the sender and its reply)."""
+        self.outgoing: deque[tuple[Accepted, _Peer | None, _Reply | None]] | None = None
+        """Committed records to tell the members, in revision order (with the sender and its reply);
+        None when there are none (an empty deque holds a 600-byte block: a quarter of an idle room)."""
         self.backlog_writes = 0
         self.scheduled = False
         self.held: list[_Peer] = []
@@ -447,6 +448,8 @@ class Server:
         """The store has decided a proposal: apply what it accepted and queue the answers in revision order."""
         state.pending -= 1
         if isinstance(outcome, list):
+            if state.outgoing is None:
+                state.outgoing = deque()
             for record in outcome:
                 state.room.apply(record)
                 if record.user == peer.user and record.part is not None:
@@ -529,7 +532,7 @@ class Server:
                 budget -= self._deliver_room(state)
             except Exception:  # a bug: say so, and let the other rooms go on
                 throttled.log("internal", logging.ERROR, "internal error delivering to room %r", state.room.name, exc_info=True)
-                state.outgoing.clear()
+                state.outgoing = None
             if state.outgoing:
                 turns.append(state)
             else:
@@ -555,7 +558,10 @@ class Server:
                 reply.frame = protocol.ack_message(seq=record.seq, revision=revision)
                 self._answered(sender)
                 self._flush_replies(sender)
-        state.backlog_writes = max(0, state.backlog_writes - writes) if outgoing else 0
+        if outgoing:
+            state.backlog_writes = max(0, state.backlog_writes - writes)
+        else:
+            state.outgoing, state.backlog_writes = None, 0
         if state.held and state.backlog_writes <= ROOM_BACKLOG_WRITES // 2:
             self._release_room(state)
         return writes
