@@ -7,7 +7,9 @@ delivery and every ack is timed. Servers (``harness.KINDS``): ``relay``
 commit and ack: the same durable work with none of loopsync's code),
 ``loopsync`` (SQLite, every update committed before it is acknowledged),
 ``loopsync-memory`` (the rules without the disk) and ``yjs`` (the stock
-y-websocket server).
+y-websocket server); with ``--cluster`` also ``cluster`` and ``cluster-2``:
+one and two loopsync nodes on PostgreSQL and Redis (started for the run),
+with the CPU each of those uses per delivery.
 
 Scenarios:
 
@@ -45,6 +47,7 @@ BUDGET_MS = 20.0
 TARGETS = (("loopsync", "yjs", 2.0), ("loopsync", "floor", 0.95))
 """(server, baseline, least ratio of their most deliveries/s under the budget): issue 18's targets."""
 IDLE_KIB_TARGET = 20.0
+CLUSTER_KINDS = ("cluster", "cluster-2")
 
 
 def scenario(name: str, rooms: int, per_room: int, period: float, duration: float, kinds: tuple[str, ...],
@@ -91,6 +94,12 @@ def cost(duration: float, kinds: tuple[str, ...], rooms: int = 150, rounds: int 
         print(f"  {kind:<15} {runs[0]['connections']:>5} conns  CPU per delivery {cpus} µs (median {median:.1f})  p99 {p99s} ms"
               f"  deliveries {sum(run['deliveries'] for run in runs)}/{sum(run['deliveries_expected'] for run in runs)}"
               f"  errors {sum(run['errors'] for run in runs)}")
+    for kind in kinds:
+        services = rounds_rows[0][kind].get("service_cpu_s", {})
+        for name in services:
+            per_delivery = [run["service_cpu_s"][name] / max(run["deliveries"], 1) * 1e6 for run in (by_kind[kind] for by_kind in rounds_rows)]
+            print(f"  {kind:<15} {name} CPU per delivery {', '.join(f'{value:.1f}' for value in per_delivery)} µs"
+                  f" (median {statistics.median(per_delivery):.1f})")
     for kind in kinds[1:]:
         ratios = [cpu_per_delivery(by_kind[kind]) / cpu_per_delivery(by_kind["relay"]) for by_kind in rounds_rows
                   if cpu_per_delivery(by_kind["relay"]) and cpu_per_delivery(by_kind[kind])]  # /proc counts in 10 ms ticks
@@ -150,7 +159,8 @@ def summarise_ramp(rows: list[dict[str, Any]], kinds: tuple[str, ...], budget_ms
                   f" at p99 {limit['p99_ms']:.2f} ms, {limit['server_cpu_share']:.0%} of a core: {harness.microseconds_per_delivery(limit)}")
     targets = {(kind, baseline): least for kind, baseline, least in TARGETS}
     for kind, baseline in (("loopsync", "relay"), ("loopsync-memory", "relay"), ("floor", "relay"), ("yjs", "relay"),
-                           ("loopsync", "floor"), ("loopsync", "yjs"), ("loopsync-memory", "yjs")):
+                           ("loopsync", "floor"), ("loopsync", "yjs"), ("loopsync-memory", "yjs"),
+                           ("cluster", "loopsync"), ("cluster-2", "cluster"), ("cluster", "yjs")):
         if kind in best and baseline in best:
             ratio = best[kind]["deliveries_per_s"] / best[baseline]["deliveries_per_s"]
             least = targets.get((kind, baseline))
@@ -163,7 +173,7 @@ def summarise_ramp(rows: list[dict[str, Any]], kinds: tuple[str, ...], budget_ms
         idle = steps[0]["kib_per_connection"]  # the first step: every connection just joined, before any load
         failed = [figures for figures in steps if not harness.within_budget(figures, budget_ms)]
         line = f"  {kind}: memory per connection {idle:.1f} KiB after the first joins"
-        if kind.startswith("loopsync"):
+        if kind.startswith(("loopsync", "cluster")):
             line += f" (target < {IDLE_KIB_TARGET:g}: {'met' if idle < IDLE_KIB_TARGET else 'MISSED'})"
         if failed:
             worst = max(failed, key=lambda figures: figures["kib_per_connection_loaded"])
@@ -178,6 +188,9 @@ def main() -> int:
                         help="the full version: longer windows, y-websocket in every scenario, every server in the ramp and the cost scenario, a finer search (seven minutes or more)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds of small load on every server (for the test suite)")
     parser.add_argument("--floor", action="store_true", help="also run the cost scenario in the default run")
+    parser.add_argument("--cluster", action="store_true",
+                        help="also a cluster of one node and of two (PostgreSQL + Redis, started for the run) in the cost scenario and the ramp,"
+                             " with the CPU per delivery of PostgreSQL and Redis")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--plot", type=Path, help="draw the ramp (p99 against deliveries/s) to this .svg or .png (a PNG needs Chromium)")
     parser.add_argument("--from-json", type=Path, metavar="JSON", help="with --plot: draw a run saved with --json, run nothing")
@@ -190,10 +203,11 @@ def main() -> int:
         return 0
     disk = harness.disk_probe(0.5 if args.smoke else 10 if args.long else 3)
     print(harness.disk_row(disk), flush=True)
+    clusters = CLUSTER_KINDS if args.cluster else ()
     if args.smoke:
-        rows = scenario("smoke", 5, 4, 0.25, 1.5, ("relay", "floor", "loopsync", "loopsync-memory", "yjs"), warmup=0.5)
+        rows = scenario("smoke", 5, 4, 0.25, 1.5, ("relay", "floor", "loopsync", "loopsync-memory", "yjs", *clusters), warmup=0.5)
     elif args.long:
-        everyone = ("relay", "floor", "loopsync", "loopsync-memory", "yjs")
+        everyone = ("relay", "floor", "loopsync", "loopsync-memory", "yjs", *clusters)
         rows = scenario("rooms", 500, 4, 0.5, 10, ("relay", "loopsync", "yjs"))
         rows += scenario("crowd", 1, 200, 2.0, 8, ("relay", "loopsync", "yjs"))
         rows += cost(2, everyone)
@@ -201,14 +215,14 @@ def main() -> int:
     else:
         rows = scenario("rooms", 500, 4, 0.5, 3, ("relay", "loopsync"))
         rows += scenario("crowd", 1, 200, 2.0, 3, ("relay", "loopsync"))
-        if args.floor:
-            rows += cost(2, ("relay", "floor", "loopsync"))
-        rows += ramp(2, ("relay", "floor", "loopsync"), bisections=harness.QUICK_RAMP_BISECTIONS)
+        if args.floor or args.cluster:
+            rows += cost(2, ("relay", "floor", "loopsync", *clusters))
+        rows += ramp(2, ("relay", "floor", "loopsync", *clusters), bisections=harness.QUICK_RAMP_BISECTIONS)
     if args.json:
         args.json.write_text(json.dumps({"disk": disk, "runs": rows}, indent=1))
     if args.plot:
         harness.write_svg(harness.ramp_svg(rows), args.plot, args.chromium)
-    lost = [figures for figures in rows if figures["server"].startswith("loopsync")
+    lost = [figures for figures in rows if figures["server"].startswith(("loopsync", "cluster"))
             and (figures["deliveries"] < figures["deliveries_expected"] or figures["errors"])]
     if lost:
         print(f"loopsync lost deliveries or answered errors in {len(lost)} runs.")

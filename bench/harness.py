@@ -88,6 +88,8 @@ class Kind:
     picks_port: bool = True
     env: tuple[tuple[str, str], ...] = ()
     cwd: str = "{root}"
+    services: tuple[str, ...] = ()
+    """What it needs running beside it, started by the harness: ``postgres`` (``{postgres}``: a fresh database's URL), ``redis`` (``{redis}``)."""
 
 
 _SERVE = ("{python}", "-m", "loopsync", "serve", "--host", "127.0.0.1", "--port", "{port}")
@@ -104,6 +106,12 @@ KINDS: dict[str, Kind] = {
     # The stock y-websocket server (Yjs on Node.js), documents in memory as it ships.
     "yjs": Kind(("node", "{bench}/yjs/node_modules/y-websocket/bin/server.js"), "running at", snapshots=False, yjs=True,
                 path="", picks_port=False, env=(("HOST", "127.0.0.1"), ("PORT", "{port}")), cwd="{bench}/yjs"),
+    # One node of a cluster: PostgreSQL the store of record (commit before ack), Redis the bus (docs/scale.md).
+    "cluster": Kind((*_SERVE, "--store", "{postgres}", "--bus", "{redis}"), "loopsync is serving at http://",
+                    services=("postgres", "redis")),
+    # Two such nodes sharing the port (SO_REUSEPORT): a room's members land on either.
+    "cluster-2": Kind((*_SERVE, "--store", "{postgres}", "--bus", "{redis}", "--workers", "2"), "loopsync is serving at http://",
+                      services=("postgres", "redis")),
 }
 
 
@@ -165,6 +173,9 @@ class ServerProcess:
         self.http_urls: list[str] = []
         self.process: subprocess.Popen[str] | None = None
         self.starts = 0
+        self.services: dict[str, Any] = {}
+        """The PostgreSQL and Redis servers it uses (``tests/services.py``'s, started and stopped here)."""
+        self._service_names: dict[str, str] = {}
 
     def __enter__(self) -> ServerProcess:
         self.start()
@@ -194,7 +205,10 @@ class ServerProcess:
         if not self.port and not spec.picks_port:
             self.port = free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        names = {"python": sys.executable, "bench": str(BENCH), "root": str(ROOT), "data": str(self.data_dir), "port": str(self.port)}
+        if spec.services and not self.services:
+            self._start_services()
+        names = {"python": sys.executable, "bench": str(BENCH), "root": str(ROOT), "data": str(self.data_dir), "port": str(self.port),
+                 **self._service_names}
         command = [*self.wrapper, *(part.format(**names) for part in spec.command)]
         env = {**os.environ, **{key: value.format(**names) for key, value in spec.env}}
         with open(self.log_path, "ab") as log:
@@ -224,12 +238,38 @@ class ServerProcess:
             process.kill()
             return process.wait()
 
+    def _start_services(self) -> None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        import services  # the tests' real PostgreSQL and Redis: temporary directories, free ports
+
+        if "postgres" in self.spec.services:
+            postgres = self.services["postgres"] = services.PostgresService().start()
+            self._service_names["postgres"] = postgres.dsn(postgres.create_database())
+        if "redis" in self.spec.services:
+            redis = self.services["redis"] = services.RedisService().start()
+            self._service_names["redis"] = redis.url
+
     def close(self) -> None:
-        """Stop the server and remove its scratch directory (and its data, unless it was given one)."""
+        """Stop the server (then its services) and remove its scratch directory (and its data, unless it was given one)."""
         try:
             self.stop()
         finally:
+            for service in self.services.values():
+                service.close()
             self._scratch.cleanup()
+
+    def service_cpu_seconds(self) -> dict[str, float]:
+        """CPU time each service has used so far (all its processes, user space and kernel)."""
+        used = {}
+        for name, service in self.services.items():
+            total = 0.0
+            for pid in process_tree(service.process.pid) if service.running else []:
+                try:
+                    total += sum(cpu_seconds(pid))
+                except OSError:
+                    continue
+            used[name] = total
+        return used
 
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU time the server has used so far, all its threads and processes: (in user space, in the kernel)."""
@@ -799,12 +839,15 @@ class Session:
         measured_from = self.go()
         time.sleep(max(0.0, measured_from - time.monotonic()))
         (user_before, system_before), wall_before = self.server.cpu_seconds(), time.monotonic()
+        services_before = self.server.service_cpu_seconds()
         time.sleep(max(0.0, measured_from + duration - time.monotonic()))
         rss_loaded = self.server.rss_bytes()  # at the end of the window, queues as full as the load makes them
         figures = self.collect()
         wall = time.monotonic() - wall_before
         user_after, system_after = self.server.cpu_seconds()
         user, system = user_after - user_before, system_after - system_before
+        services_after = self.server.service_cpu_seconds()
+        figures["service_cpu_s"] = {name: services_after[name] - before for name, before in services_before.items()}
         figures.update({
             # Share of one core over the sending window (the tail after it is mostly idle waiting).
             "server_cpu_s": user + system, "server_cpu_share": (user + system) / duration, "wall_s": wall,
@@ -864,7 +907,9 @@ def row(figures: dict[str, Any]) -> str:
     return (f"  {figures['server']:<15} {figures['connections']:>5} conns  {figures['deliveries_per_s']:>9,.0f} deliveries/s"
             f"  ({figures['deliveries']}/{figures['deliveries_expected']})  p50 {figures['p50_ms']:6.2f} ms"
             f"  p99 {figures['p99_ms']:6.2f} ms  max {figures['max_ms']:7.2f} ms  cpu {figures['server_cpu_share']:4.0%}"
-            f"  {figures['kib_per_connection']:5.1f} KiB/conn  errors {figures['errors']}")
+            f"  {figures['kib_per_connection']:5.1f} KiB/conn  errors {figures['errors']}"
+            + "".join(f"  {name} {seconds / max(figures['deliveries'], 1) * 1e6:.1f} µs/delivery"
+                      for name, seconds in figures.get("service_cpu_s", {}).items()))
 
 
 def cpu_per_delivery(figures: dict[str, Any], part: str = "cpu") -> float:

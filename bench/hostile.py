@@ -25,7 +25,7 @@ the attack (just before it) and during it; the server's RSS and open
 descriptors (``/proc/PID/fd``) at the start, the most seen during, and
 after (once both are back within 10% of the start, or after
 ``--settle`` seconds). Then a separate step: one update in each of
-``--rooms`` rooms (100,000), each client leaving once acknowledged, and
+``--rooms`` rooms (100,000, 1,000 a second), each client leaving once acknowledged, and
 ``--grace`` seconds (the server's idle grace; 35 s); then as many other
 rooms again: the second round's RSS growth is what idle rooms cost (the
 first pays the high-water mark of the rooms in memory at once).
@@ -85,12 +85,15 @@ class Config:
     slow_rooms: int = 32
     fetchers: int = 128
     rooms: int = 100_000
+    rooms_per_second: float = 1000.0
+    """The idle-rooms step writes at a steady rate, so both rounds hold as many rooms in memory at once."""
     grace_seconds: float = 35.0
     rooms_deadline_seconds: float = 600.0
 
 
 SMOKE = Config(window_seconds=1.0, warmup_seconds=0.2, settle_seconds=2.0, presence_connections=64, flood_rooms=4, churn_room=40,
-               half_open=60, slow_rooms=4, fetchers=16, rooms=300, grace_seconds=1.0, rooms_deadline_seconds=60.0)
+               half_open=60, slow_rooms=4, fetchers=16, rooms=300, rooms_per_second=1000.0, grace_seconds=1.0,
+               rooms_deadline_seconds=60.0)
 
 
 # -- attackers in their own process: raw sockets ------------------------------------------
@@ -179,16 +182,17 @@ async def _half_open(config: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _write_rooms(config: dict[str, Any]) -> dict[str, Any]:
-    """One update in each of ``count`` rooms, each from its own short connection, ``parallel`` at a time."""
-    rooms = iter(range(config["first"], config["first"] + config["count"]))
+    """One update in each of ``count`` rooms, each from its own short connection, ``parallel`` at a time, ``rate`` rooms a second."""
+    rooms = iter(enumerate(range(config["first"], config["first"] + config["count"])))
     deadline = time.monotonic() + config["seconds"]
     written = errors = 0
 
     async def writer() -> None:
         nonlocal written, errors
-        for number in rooms:
+        for index, number in rooms:
             if time.monotonic() > deadline:
                 return
+            await asyncio.sleep(started + index / config["rate"] - time.monotonic())
             try:
                 reader, stream = await asyncio.open_connection(config["host"], config["port"])
                 stream.write(harness.handshake("/ws", f"{config['host']}:{config['port']}"))
@@ -453,7 +457,7 @@ def _write_idle_rooms(server: ServerProcess, config: Config, first: int) -> dict
     share = math.ceil(config.rooms / processes)
     attackers = [Attacker("write-rooms", {"host": "127.0.0.1", "port": server.port, "first": first + index * share,
                                           "count": max(0, min(share, config.rooms - index * share)), "parallel": parallel,
-                                          "seconds": config.rooms_deadline_seconds})
+                                          "rate": config.rooms_per_second / processes, "seconds": config.rooms_deadline_seconds})
                  for index in range(processes)]
     results = [attacker.result(config.rooms_deadline_seconds + 60) for attacker in attackers]
     written_rss = server.rss_bytes()
