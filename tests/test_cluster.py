@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator
 import asyncpg
 import pytest
 
+import test_client
 import test_server
 from cluster_nodes import InProcessCluster, NodeProcess
 from conftest import TIME_UNIT, Connect, RawClient
@@ -160,6 +161,26 @@ PROTOCOL_TESTS = [
 
 for _name in PROTOCOL_TESTS:
     globals()[f"{_name}_on_two_nodes"] = getattr(test_server, _name)
+
+start = test_client.start  # the headless client's fixture
+
+CLIENT_TESTS = [
+    "test_edit_while_playing_is_heard_at_the_next_loop_start_after_it_arrives",
+    "test_edits_made_while_paused_are_sent_on_play",
+    "test_updates_that_arrive_while_paused_apply_at_once",
+    "test_dropped_connection_reconnects_and_resends_unconfirmed_edits",
+    "test_update_whose_ack_is_lost_is_confirmed_or_resent_after_reconnect",
+    "test_missed_sync_window_plays_the_old_loop_and_syncs_before_the_next",
+    "test_presence_lists_who_is_here_and_their_transport",
+    "test_tempo_change_keeps_the_playhead",
+    "test_two_connections_of_one_user_follow_each_other",
+    "test_close_waits_for_the_ack_of_an_update_in_flight",
+    "test_quit_while_playing_sends_the_last_edits_and_paused_does_not",
+]
+"""The headless client's tests against a server (each client on the next node, in turn)."""
+
+for _name in CLIENT_TESTS:
+    globals()[f"{_name}_on_two_nodes"] = getattr(test_client, _name)
 
 
 SCENARIOS = load_scenarios()
@@ -394,3 +415,60 @@ async def test_a_killed_node_loses_nothing_acknowledged(tmp_path: Path, connect:
     finally:
         doomed.kill()
         survivor.stop()
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--store", "postgresql://loopsync@127.0.0.1/loopsync"], "goes with --bus redis://"),
+        (["--bus", "redis://127.0.0.1:6379"], "--bus is for cluster nodes"),
+        (["--store", "sqlite", "--workers", "2"], "--workers 2 needs cluster mode"),
+        (["--store", "mysql://x"], "--store must be sqlite, memory or a postgresql:// URL"),
+        (["--store", "postgresql://x@h/db", "--bus", "http://h"], "--bus must be a redis:// URL"),
+        (["--store", "postgresql://x@h/db", "--bus", "redis://h", "--workers", "0"], "--workers must be at least 1"),
+    ],
+)
+def test_serve_usage_errors_exit_2(args: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Cluster options that do not go together are a usage error (exit 2) that says what to give."""
+    from loopsync.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", *args])
+    assert exited.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_a_node_without_its_database_says_why_and_exits_1(redis_url: str) -> None:
+    """A node whose PostgreSQL cannot be reached does not start: one sentence, exit 1."""
+    import subprocess
+    import sys
+
+    from services import free_port
+
+    result = subprocess.run([sys.executable, "-m", "loopsync", "serve", "--port", "0", "--store",
+                             f"postgresql://nobody@127.0.0.1:{free_port()}/none", "--bus", redis_url],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "loopsync cannot start: cannot connect to PostgreSQL" in result.stderr
+
+
+async def test_workers_share_one_port_and_one_history(tmp_path: Path, connect: Connect, postgres_dsn: str, redis_url: str) -> None:
+    """--workers 2 prints one URL; connections land on both workers, and an update on one reaches the members on the other."""
+    served = NodeProcess(tmp_path, "workers", postgres_dsn, redis_url, workers=2).start()
+    try:
+        assert "(2 workers" in served.banner
+        members = [await join_member(connect, served.ws_url, "shared", f"user{index:02}") for index in range(16)]
+        nodes = set()
+        for member in members:
+            await member.client.send({"type": "fetch"})
+            nodes.add((await member.client.expect("snapshot"))["id"].split("-")[0])
+        assert len(nodes) == 2, "every connection went to one worker"
+        await members[0].client.send({"type": "update", "seq": 1, "part": KICK})
+        assert (await members[0].client.expect("ack"))["revision"] == 1
+        for member in members[1:]:
+            assert (await member.client.wait_for("update", timeout=3 * TIME_UNIT))["user"] == "user00"
+    finally:
+        assert served.stop() == 0
