@@ -50,6 +50,7 @@ GAP_SECONDS: Final = 0.2
 """How long a room waits for a missing revision before it re-reads the room from PostgreSQL."""
 SUBSCRIBE_WAIT_SECONDS: Final = 2.0
 """How long a room's loading waits for Redis to confirm its subscription before it goes on without."""
+GONE_NODES_KEPT: Final = 1024
 REREAD_RETRY_SECONDS: Final = 1.0
 """How long after a failed re-read (PostgreSQL down) the next one is tried."""
 PRESENCE_PUBLISH_SECONDS: Final = 0.0
@@ -231,6 +232,8 @@ class ClusterLink:
         """Messages of rooms subscribed and still loading, in arrival order."""
         self.rereads = 0
         """Rooms re-read from PostgreSQL (gaps and resubscriptions): for tests."""
+        self._gone: dict[str, None] = {}
+        """Nodes reported gone, oldest first (at most :data:`GONE_NODES_KEPT`): a late presence message of theirs is ignored."""
 
     @property
     def store(self) -> PostgresStore:
@@ -333,6 +336,8 @@ class ClusterLink:
             if "records" in message:
                 for user, seq, revision, part in message["records"]:
                     self._offer(state, cluster_room, Entry(Accepted(name, user, seq, revision, part)))
+            elif "reread" in message:
+                self.reread(name)
             elif message.get("node") != self.node_id:
                 self._presence(state, cluster_room, message)
         except Exception:
@@ -408,6 +413,11 @@ class ClusterLink:
         if ready:
             self._pass_on(state, ready)
 
+    def commit_unknown(self, name: str) -> None:
+        """A commit of the room may or may not have happened (the connection broke): every node re-reads the room, until PostgreSQL answers."""
+        self.bus.publish(name, orjson.dumps({"reread": True}))
+        self.reread(name)
+
     def _resubscribed(self) -> None:
         """Messages may have been lost while the bus was away: re-read every room, and the other nodes' presence."""
         for name in list(self.rooms):
@@ -439,7 +449,7 @@ class ClusterLink:
 
     def _presence(self, state: _RoomState, cluster_room: _ClusterRoom, message: dict[str, Any]) -> None:
         node = message["node"]
-        if node == self.node_id:
+        if node == self.node_id or node in self._gone:
             return
         delta = cluster_room.remote.update(node, int(message["version"]), list(message["members"]))
         if delta is None:
@@ -478,6 +488,10 @@ class ClusterLink:
         """Nodes stopped their heartbeat: their members leave every room, and every room is re-read (a node that died
         between a commit and its publication left records nobody was told of)."""
         assert self.server is not None
+        for node in nodes:
+            self._gone[node] = None
+        while len(self._gone) > GONE_NODES_KEPT:
+            del self._gone[next(iter(self._gone))]
         for name, cluster_room in list(self.rooms.items()):
             state = self.server.rooms.get(name)
             if state is not None:

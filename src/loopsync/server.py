@@ -507,6 +507,8 @@ class Server:
         if self.cluster is not None and isinstance(outcome, Invalid) and outcome.code == "stale_seq":
             self.cluster.reread(state.room.name)  # PostgreSQL knows a later seq than this node: its view lags
         if isinstance(outcome, StoreError):
+            if self.cluster is not None and type(outcome).__name__ == "CommitUnknown":
+                self.cluster.commit_unknown(state.room.name)  # it may have committed: nobody would be told otherwise
             throttled.log("store", logging.ERROR, "could not commit an update of %r in room %r: %s", peer.user, state.room.name, outcome)
             problem = Invalid("unavailable", "the update could not be stored now; it was not applied")
         else:
