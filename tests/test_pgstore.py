@@ -295,6 +295,29 @@ async def test_schema_is_created_once_when_nodes_start_together(postgres_dsn: st
         await again.close()
 
 
+async def test_schema_1_is_migrated_to_the_seq_rule_of_rooms(store: PostgresStore, postgres_dsn: str) -> None:
+    """A database at schema 1 (bad_seq above last + 2^20) gets schema 2's rule, max(last, 2^52) + 2^20, when a node opens it."""
+    from loopsync.pgstore import _COMMIT_BATCH_FUNCTION
+
+    schema_1_rule = _COMMIT_BATCH_FUNCTION.replace("greatest(last_seq, 4503599627370496) + max_seq_step", "last_seq + max_seq_step").replace(
+        "proposal.seq > 4503599627370496 + max_seq_step", "proposal.seq > max_seq_step")
+    assert schema_1_rule != _COMMIT_BATCH_FUNCTION
+    await store.close()
+    connection = await asyncpg.connect(postgres_dsn)
+    try:
+        await connection.execute(schema_1_rule)
+        await connection.execute("DELETE FROM loopsync.schema_version WHERE version > 1")
+        batch = json.dumps([["demo", "alice", MAX_SEQ_STEP + 1, KICK, 0]])
+        refused = await connection.fetchval("SELECT o_refused FROM loopsync.commit_batch($1::jsonb, '[[]]'::jsonb, 256, $2)", batch, MAX_SEQ_STEP)
+        assert refused == "bad_seq"  # what schema 1 said
+    finally:
+        await connection.close()
+    await store.open()
+    assert await store.schema_version() == SCHEMA_VERSION
+    [outcome] = await store.commit([proposal("demo", "alice", MAX_SEQ_STEP + 1)])
+    assert isinstance(outcome, list), outcome
+
+
 async def test_a_newer_schema_is_refused(store: PostgresStore, postgres_dsn: str) -> None:
     """A database migrated by a newer loopsync is not touched: open raises StoreError naming both versions."""
     connection = await asyncpg.connect(postgres_dsn)
