@@ -204,6 +204,8 @@ class Member:
         self.client = client
         self.user = user
         self.revisions: list[int] = [snapshot["revision"]]
+        self.writers: dict[int, str] = {}
+        """revision -> the user whose update or ack it was."""
         self.parts: dict[str, Any] = dict(snapshot["doc"]["parts"])
         self.acked: dict[int, tuple[int, Any]] = {}
         """revision -> (seq, part) of this member's own acknowledged updates."""
@@ -214,12 +216,14 @@ class Member:
         kind = message["type"]
         if kind == "update":
             self.revisions.append(message["revision"])
+            self.writers[message["revision"]] = message["user"]
             if message["part"] is None:
                 self.parts.pop(message["user"], None)
             else:
                 self.parts[message["user"]] = message["part"]
         elif kind == "ack":
             self.revisions.append(message["revision"])
+            self.writers[message["revision"]] = self.user
             self.acked[message["revision"]] = (message["seq"], self.sent.pop(message["seq"]))
             self.parts[self.user] = self.acked[message["revision"]][1]
         elif kind == "error":
@@ -280,11 +284,21 @@ async def test_random_writers_on_both_nodes_see_one_history(cluster: InProcessCl
     finally:
         for reader in readers:
             reader.cancel()
+    repaired = sum(node.cluster.rereads for node in cluster.nodes)  # type: ignore[union-attr]
     for member in members:
         assert member.revisions == sorted(set(member.revisions)), f"{member.user}: revisions not strictly increasing"
         assert member.parts == parts, f"{member.user}'s copy differs from PostgreSQL"
-        acked_elsewhere = {revision for other in members if other is not member for revision in other.acked}
-        assert acked_elsewhere <= set(member.revisions), f"{member.user} missed acknowledged updates"
+        for other in members:
+            if other is member:
+                continue
+            for revision in other.acked:
+                # A re-read (a bus message late by more than GAP_SECONDS on a busy machine) passes on each user's
+                # current part, not the ones it replaced: then a later update of the same user stands for it.
+                seen = revision in member.writers or (repaired > 0 and any(
+                    later > revision and writer == other.user for later, writer in member.writers.items()))
+                assert seen, f"{member.user} missed {other.user}'s acknowledged update at revision {revision}"
+    if repaired == 0:
+        assert all(set(other.acked) <= set(member.writers) for member in members for other in members if other is not member)
 
 
 async def _keep_reading(member: Member) -> None:

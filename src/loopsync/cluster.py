@@ -320,7 +320,7 @@ class ClusterLink:
 
     def _pass_on(self, state: _RoomState, entries: list[Entry]) -> None:
         assert self.server is not None
-        self.server._pass_on(state, entries)
+        self.server.pass_on(state, entries)
 
     def _message(self, name: str, payload: bytes) -> None:
         if name in self._early:
@@ -464,7 +464,7 @@ class ClusterLink:
             elif room.join(entry["id"], entry["user"], bool(entry["playing"]), entry["bpm"]) is not None:
                 log.warning("room %r is full: a member on node %s is not shown", room.name, node)
         assert self.server is not None
-        self.server._presence_changed(state, remote=True)
+        self.server.remote_presence_changed(state)
 
     async def _refresh_presence(self, name: str) -> None:
         try:
@@ -504,7 +504,7 @@ class ClusterLink:
             state.room.leave(member_id)
         if left:
             assert self.server is not None
-            self.server._presence_changed(state, remote=True)
+            self.server.remote_presence_changed(state)
 
 
 def _cancel(cluster_room: _ClusterRoom) -> None:

@@ -498,7 +498,7 @@ class Server:
             entries = [(record, peer, reply) if record.user == peer.user and record.part is not None else (record, None, None)
                        for record in outcome]
             if self.cluster is None:
-                self._pass_on(state, entries)
+                self.pass_on(state, entries)
             else:  # in revision order with the other nodes' commits
                 from .cluster import Entry
 
@@ -518,7 +518,7 @@ class Server:
         self._flush_replies(peer)
         self._maybe_idle(state)
 
-    def _pass_on(self, state: _RoomState, entries: list[tuple[Accepted, _Peer | None, _Reply | None]] | list[Entry]) -> None:
+    def pass_on(self, state: _RoomState, entries: list[tuple[Accepted, _Peer | None, _Reply | None]] | list[Entry]) -> None:
         """Apply committed records to the room, in revision order, and queue their acks and updates.
 
         A record the room already has (a cluster's re-read showed it before
@@ -646,6 +646,10 @@ class Server:
             peer.release_reading()
 
     # -- presence ------------------------------------------------------------------------------
+
+    def remote_presence_changed(self, state: _RoomState) -> None:
+        """Another node's members of the room changed (the cluster link took them into the room): tell the members here."""
+        self._presence_changed(state, remote=True)
 
     def _presence_changed(self, state: _RoomState, remote: bool = False) -> None:
         """The room's presence changed (``remote``: another node's members did): tell its members soon, and the other nodes."""
