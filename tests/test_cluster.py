@@ -12,7 +12,9 @@ install, it never skips them.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -26,7 +28,7 @@ from conftest import TIME_UNIT, Connect, RawClient
 from loopsync.cluster import GAP_SECONDS, Entry, RemoteMembers, RevisionGate, catch_up
 from loopsync.conformance import load_scenarios, run_scenario
 from loopsync.rooms import Accepted, RoomRecord
-from services import PostgresService, RedisService
+from services import PostgresService, RedisService, _children
 
 KICK = {"sound": "kick", "steps": [1, 0, 0, 0] * 4}
 
@@ -484,5 +486,16 @@ async def test_workers_share_one_port_and_one_history(tmp_path: Path, connect: C
         assert (await members[0].client.expect("ack"))["revision"] == 1
         for member in members[1:]:
             assert (await member.client.wait_for("update", timeout=3 * TIME_UNIT))["user"] == "user00"
+        # A worker that dies is started again; meanwhile the other one serves.
+        assert served.process is not None
+        workers = _children(served.process.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = asyncio.get_running_loop().time() + 10 * TIME_UNIT
+        while len(set(_children(served.process.pid)) - {workers[0]}) < 2:
+            assert asyncio.get_running_loop().time() < deadline, "the dead worker was not replaced"
+            await asyncio.sleep(0.1)
+        late = await join_member(connect, served.ws_url, "shared", "late")
+        assert late.parts["user00"] == KICK
     finally:
         assert served.stop() == 0

@@ -102,6 +102,7 @@ def main_workers(args: argparse.Namespace, argv: list[str]) -> int:
                 if replacement is not None:
                     workers[index] = replacement
         stopping.wait(0.5)
+    stop(signal.SIGTERM, None)  # again: a worker started while the signal came has not had it
     codes = [worker.wait() for worker in workers]
     return 0 if all(code == 0 for code in codes) else 1
 
