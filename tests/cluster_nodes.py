@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from loopsync.cluster import ClusterLink
 from loopsync.pgstore import PostgresStore
 from loopsync.server import Server
 from serve_process import ServeProcess
+from services import _children
 
 
 class InProcessCluster:
@@ -75,6 +79,15 @@ class NodeProcess(ServeProcess):
         super().__init__(log_dir / name, store=dsn, port=port)
         self.redis_url = redis_url
         self.workers = workers
+
+    def close(self) -> None:
+        """Make sure nothing is left running, workers included (a test's teardown, whatever happened)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        for child in _children(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        self.kill()
 
     def command(self) -> list[str]:
         command = [sys.executable, "-m", "loopsync", "serve", "--host", "127.0.0.1", "--port", str(self.port),

@@ -16,7 +16,7 @@ import os
 import random
 import signal
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import asyncpg
 import pytest
@@ -389,48 +389,59 @@ async def test_postgresql_down_answers_unavailable_and_service_resumes(cluster: 
     assert await database_parts(postgres_dsn, "outage") == (2, {"alice": KICK})
 
 
-async def test_a_killed_node_loses_nothing_acknowledged(tmp_path: Path, connect: Connect, postgres_dsn: str, redis_url: str) -> None:
+@pytest.fixture
+def node_process(tmp_path: Path, postgres_dsn: str, redis_url: str) -> Iterator[Callable[..., NodeProcess]]:
+    """Factory: ``node_process(name, workers=1)`` starts ``loopsync serve`` as a cluster node; all are gone after the test."""
+    started: list[NodeProcess] = []
+
+    def _start(name: str, workers: int = 1) -> NodeProcess:
+        process = NodeProcess(tmp_path, name, postgres_dsn, redis_url, workers=workers)
+        started.append(process)
+        return process.start()
+
+    yield _start
+    for process in started:
+        process.close()
+
+
+async def test_a_killed_node_loses_nothing_acknowledged(node_process: Callable[..., NodeProcess], connect: Connect, postgres_dsn: str) -> None:
     """kill -9 one node while its client edits: the client reconnects to the other node, resends what was not confirmed, nothing acked is lost."""
-    doomed = NodeProcess(tmp_path, "doomed", postgres_dsn, redis_url).start()
-    survivor = NodeProcess(tmp_path, "survivor", postgres_dsn, redis_url).start()
-    try:
-        watcher = await join_member(connect, survivor.ws_url, "failover", "watcher")
-        writer = await join_member(connect, doomed.ws_url, "failover", "writer")
-        await writer.client.wait_presence([("watcher", False, None), ("writer", False, None)], timeout=3 * TIME_UNIT)
-        acked: dict[int, int] = {}
-        unconfirmed: dict[int, Any] = {}
-        for seq in range(1, 41):
-            unconfirmed[seq] = {"sound": "kick", "steps": [seq % 2] * 15 + [1]}
-            await writer.client.send({"type": "update", "seq": seq, "part": unconfirmed[seq]})
-        for _ in range(10):
-            ack = await writer.client.expect("ack")
-            acked[ack["seq"]] = ack["revision"]
-            unconfirmed.pop(ack["seq"])
-        doomed.kill()
-        # Whatever else was acknowledged before the kill arrives before the close.
-        while True:
-            try:
-                message = await writer.client.next(TIME_UNIT)
-            except Exception:
-                break
-            if message.get("type") == "ack":
-                acked[message["seq"]] = message["revision"]
-                unconfirmed.pop(message["seq"], None)
-        again = await join_member(connect, survivor.ws_url, "failover", "writer")
-        assert again.seq >= max(acked)  # every acknowledged update survived the node
-        pending = {seq: part for seq, part in unconfirmed.items() if seq > again.seq}
-        for seq, part in sorted(pending.items()):
-            await again.client.send({"type": "update", "seq": seq, "part": part})
-        for seq in sorted(pending):
-            assert (await again.client.expect("ack", timeout=3 * TIME_UNIT))["seq"] == seq
-        revision, parts = await database_parts(postgres_dsn, "failover")
-        assert parts["writer"] == {"sound": "kick", "steps": [40 % 2] * 15 + [1]}
-        update = await watcher.client.wait_for("update", timeout=5 * TIME_UNIT, revision=revision)
-        assert update["seq"] == 40
-        await watcher.client.wait_presence([("watcher", False, None), ("writer", False, None)], timeout=12 * TIME_UNIT)
-    finally:
-        doomed.kill()
-        survivor.stop()
+    doomed = node_process("doomed")
+    survivor = node_process("survivor")
+    watcher = await join_member(connect, survivor.ws_url, "failover", "watcher")
+    writer = await join_member(connect, doomed.ws_url, "failover", "writer")
+    await writer.client.wait_presence([("watcher", False, None), ("writer", False, None)], timeout=3 * TIME_UNIT)
+    acked: dict[int, int] = {}
+    unconfirmed: dict[int, Any] = {}
+    for seq in range(1, 41):
+        unconfirmed[seq] = {"sound": "kick", "steps": [seq % 2] * 15 + [1]}
+        await writer.client.send({"type": "update", "seq": seq, "part": unconfirmed[seq]})
+    for _ in range(10):
+        ack = await writer.client.expect("ack")
+        acked[ack["seq"]] = ack["revision"]
+        unconfirmed.pop(ack["seq"])
+    doomed.kill()
+    # Whatever else was acknowledged before the kill arrives before the close.
+    while True:
+        try:
+            message = await writer.client.next(TIME_UNIT)
+        except Exception:
+            break
+        if message.get("type") == "ack":
+            acked[message["seq"]] = message["revision"]
+            unconfirmed.pop(message["seq"], None)
+    again = await join_member(connect, survivor.ws_url, "failover", "writer")
+    assert again.seq >= max(acked)  # every acknowledged update survived the node
+    pending = {seq: part for seq, part in unconfirmed.items() if seq > again.seq}
+    for seq, part in sorted(pending.items()):
+        await again.client.send({"type": "update", "seq": seq, "part": part})
+    for seq in sorted(pending):
+        assert (await again.client.expect("ack", timeout=3 * TIME_UNIT))["seq"] == seq
+    revision, parts = await database_parts(postgres_dsn, "failover")
+    assert parts["writer"] == {"sound": "kick", "steps": [40 % 2] * 15 + [1]}
+    update = await watcher.client.wait_for("update", timeout=5 * TIME_UNIT, revision=revision)
+    assert update["seq"] == 40
+    await watcher.client.wait_presence([("watcher", False, None), ("writer", False, None)], timeout=12 * TIME_UNIT)
 
 
 # -- the command line -----------------------------------------------------------------------------
@@ -471,31 +482,29 @@ def test_a_node_without_its_database_says_why_and_exits_1(redis_url: str) -> Non
     assert "loopsync cannot start: cannot connect to PostgreSQL" in result.stderr
 
 
-async def test_workers_share_one_port_and_one_history(tmp_path: Path, connect: Connect, postgres_dsn: str, redis_url: str) -> None:
-    """--workers 2 prints one URL; connections land on both workers, and an update on one reaches the members on the other."""
-    served = NodeProcess(tmp_path, "workers", postgres_dsn, redis_url, workers=2).start()
-    try:
-        assert "(2 workers" in served.banner
-        members = [await join_member(connect, served.ws_url, "shared", f"user{index:02}") for index in range(16)]
-        nodes = set()
-        for member in members:
-            await member.client.send({"type": "fetch"})
-            nodes.add((await member.client.expect("snapshot"))["id"].split("-")[0])
-        assert len(nodes) == 2, "every connection went to one worker"
-        await members[0].client.send({"type": "update", "seq": 1, "part": KICK})
-        assert (await members[0].client.expect("ack"))["revision"] == 1
-        for member in members[1:]:
-            assert (await member.client.wait_for("update", timeout=3 * TIME_UNIT))["user"] == "user00"
-        # A worker that dies is started again; meanwhile the other one serves.
-        assert served.process is not None
-        workers = _children(served.process.pid)
-        assert len(workers) == 2
-        os.kill(workers[0], signal.SIGKILL)
-        deadline = asyncio.get_running_loop().time() + 10 * TIME_UNIT
-        while len(set(_children(served.process.pid)) - {workers[0]}) < 2:
-            assert asyncio.get_running_loop().time() < deadline, "the dead worker was not replaced"
-            await asyncio.sleep(0.1)
-        late = await join_member(connect, served.ws_url, "shared", "late")
-        assert late.parts["user00"] == KICK
-    finally:
-        assert served.stop() == 0
+async def test_workers_share_one_port_and_one_history(node_process: Callable[..., NodeProcess], connect: Connect) -> None:
+    """--workers 2 prints one URL; connections land on both workers, an update on one reaches the members on the other, a dead worker is replaced."""
+    served = node_process("workers", workers=2)
+    assert "(2 workers" in served.banner
+    members = [await join_member(connect, served.ws_url, "shared", f"user{index:02}") for index in range(16)]
+    nodes = set()
+    for member in members:
+        await member.client.send({"type": "fetch"})
+        nodes.add((await member.client.expect("snapshot"))["id"].split("-")[0])
+    assert len(nodes) == 2, "every connection went to one worker"
+    await members[0].client.send({"type": "update", "seq": 1, "part": KICK})
+    assert (await members[0].client.expect("ack"))["revision"] == 1
+    for member in members[1:]:
+        assert (await member.client.wait_for("update", timeout=3 * TIME_UNIT))["user"] == "user00"
+    # A worker that dies is started again; meanwhile the other one serves.
+    assert served.process is not None
+    workers = _children(served.process.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = asyncio.get_running_loop().time() + 10 * TIME_UNIT
+    while len(set(_children(served.process.pid)) - {workers[0]}) < 2:
+        assert asyncio.get_running_loop().time() < deadline, "the dead worker was not replaced"
+        await asyncio.sleep(0.1)
+    late = await join_member(connect, served.ws_url, "shared", "late")
+    assert late.parts["user00"] == KICK
+    assert served.stop() == 0
