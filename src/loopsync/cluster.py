@@ -37,7 +37,9 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import orjson
 
+from .document import Invalid
 from .rooms import Accepted, RoomRecord
+from .store import StoreError
 
 if TYPE_CHECKING:
     from .pgstore import PostgresStore
@@ -413,10 +415,21 @@ class ClusterLink:
         if ready:
             self._pass_on(state, ready)
 
-    def commit_unknown(self, name: str) -> None:
-        """A commit of the room may or may not have happened (the connection broke): every node re-reads the room, until PostgreSQL answers."""
-        self.bus.publish(name, orjson.dumps({"reread": True}))
-        self.reread(name)
+    def refused(self, name: str, outcome: Invalid | StoreError) -> None:
+        """PostgreSQL did not accept an update of the room: re-read it where that says the node's view may lag.
+
+        ``stale_seq``: PostgreSQL knows a later seq than this node's room
+        shows. :class:`~loopsync.pgstore.CommitUnknown`: the connection broke
+        while PostgreSQL had the batch, so it may have committed with nobody
+        told: every node re-reads the room (until PostgreSQL answers).
+        """
+        from .pgstore import CommitUnknown
+
+        if isinstance(outcome, CommitUnknown):
+            self.bus.publish(name, orjson.dumps({"reread": True}))
+            self.reread(name)
+        elif isinstance(outcome, Invalid) and outcome.code == "stale_seq":
+            self.reread(name)
 
     def _resubscribed(self) -> None:
         """Messages may have been lost while the bus was away: re-read every room, and the other nodes' presence."""

@@ -531,7 +531,7 @@ class PostgresStore:
             raise StoreError("the store is not open")
 
     def __repr__(self) -> str:
-        return f"PostgresStore({_without_password(self.dsn)!r})"
+        return f"PostgresStore({without_password(self.dsn)!r})"
 
 
 class _ReadRoom(NamedTuple):
@@ -564,7 +564,8 @@ def _failure(exc: BaseException, *, sent: bool, doing: str) -> StoreError:
     return StoreError(f"cannot {doing}: {detail}")
 
 
-def _without_password(dsn: str) -> str:
+def without_password(dsn: str) -> str:
+    """A URL with its password (if any) replaced by ``***``, for logs and banners."""
     scheme, separator, rest = dsn.partition("://")
     credentials, at, host = rest.rpartition("@")
     if not at or ":" not in credentials:

@@ -102,10 +102,9 @@ class _Reply:
 
 
 _SNAPSHOT: Final = object()
-"""A reply entry: a snapshot, built when its turn comes (so it shows every commit answered before it)."""
-_HOLDING_SNAPSHOT: Final = object()
-"""A :data:`_SNAPSHOT` behind unanswered updates: the connection is not read until it goes out, so that no later
-update of the same connection is applied before it (its own ack would then come after a snapshot that shows it)."""
+"""A reply entry: a snapshot, built when its turn comes (so it shows every commit answered before it). The
+connection is not read until it goes out, so that no later update of the same connection is applied before
+it (that update's ack would then come after a snapshot that already shows it)."""
 
 
 class _Peer(Connection):
@@ -370,7 +369,7 @@ class Server:
                 peer.charge(FETCH_TOKENS - 1)
                 if peer.replies:
                     peer.hold_reading()
-                    peer.replies.append(_HOLDING_SNAPSHOT)
+                    peer.replies.append(_SNAPSHOT)
                 else:
                     self._send_snapshot(peer)
             else:
@@ -504,11 +503,9 @@ class Server:
 
                 self.cluster.committed(state, [Entry(*entry) for entry in entries])
             return
-        if self.cluster is not None and isinstance(outcome, Invalid) and outcome.code == "stale_seq":
-            self.cluster.reread(state.room.name)  # PostgreSQL knows a later seq than this node: its view lags
+        if self.cluster is not None:
+            self.cluster.refused(state.room.name, outcome)
         if isinstance(outcome, StoreError):
-            if self.cluster is not None and type(outcome).__name__ == "CommitUnknown":
-                self.cluster.commit_unknown(state.room.name)  # it may have committed: nobody would be told otherwise
             throttled.log("store", logging.ERROR, "could not commit an update of %r in room %r: %s", peer.user, state.room.name, outcome)
             problem = Invalid("unavailable", "the update could not be stored now; it was not applied")
         else:
@@ -545,14 +542,11 @@ class Server:
 
     # -- replies in request order ------------------------------------------------------
 
-    def _reply(self, peer: _Peer, frame: bytes | object) -> None:
+    def _reply(self, peer: _Peer, frame: bytes) -> None:
         """Answer a message after the answers to the messages before it."""
         if peer.replies:
             peer.replies.append(frame)
-        elif frame is _SNAPSHOT:
-            self._send_snapshot(peer)
         else:
-            assert isinstance(frame, bytes)
             peer.send(text_frame(frame))
 
     def _flush_replies(self, peer: _Peer) -> None:
@@ -565,8 +559,6 @@ class Server:
                     return
                 peer.send(text_frame(head.frame))
             elif head is _SNAPSHOT:
-                self._send_snapshot(peer)
-            elif head is _HOLDING_SNAPSHOT:
                 self._send_snapshot(peer)
                 peer.release_reading()
             else:
@@ -748,12 +740,12 @@ def main_serve(host: str, port: int, store: str, data_dir: Path, allowed_origins
     cluster: ClusterLink | None = None
     if bus is not None:
         from .cluster import ClusterLink
-        from .pgstore import PostgresStore
+        from .pgstore import PostgresStore, without_password
 
         postgres = PostgresStore(store)
         chosen = postgres
         cluster = ClusterLink(bus)
-        description = f"postgresql, {postgres!r}; bus: redis, {bus}; node {cluster.node_id}"
+        description = f"postgresql, {postgres!r}; bus: redis, {without_password(bus)}; node {cluster.node_id}"
     elif store == "sqlite":
         sqlite = SqliteStore(data_dir)
         try:
