@@ -37,7 +37,8 @@ from services import PostgresService, _children  # noqa: E402  (the tests' real 
 
 import asyncpg  # noqa: E402
 
-from loopsync.pgstore import PostgresStore, Proposal  # noqa: E402
+from loopsync.pgstore import PostgresStore  # noqa: E402
+from loopsync.rooms import Proposal, Room  # noqa: E402
 
 ROOMS = 1000
 USERS_PER_ROOM = 4
@@ -65,16 +66,17 @@ async def run(service: PostgresService, dsn: str, proposals_per_size: int) -> di
     seqs: dict[tuple[str, str], int] = {}
     chooser = random.Random(1)
     keys = [(f"room{room}", f"user{user}") for room in range(ROOMS) for user in range(USERS_PER_ROOM)]
+    rooms = {room: Room(room) for room, _ in keys}  # nobody connected: the store reads the connected users from these
 
     def proposals(count: int) -> list[Proposal]:
         batch = []
         for room, user in chooser.sample(keys, count):
             seqs[(room, user)] = seqs.get((room, user), 0) + 1
-            batch.append(Proposal(room, user, seqs[(room, user)], PART, frozenset()))
+            batch.append(Proposal(rooms[room], user, seqs[(room, user)], PART))
         return batch
 
     for start in range(0, len(keys), 500):  # the rooms' first parts
-        for outcome in await store.commit([Proposal(room, user, 1, PART, frozenset()) for room, user in keys[start:start + 500]]):
+        for outcome in await store.commit([Proposal(rooms[room], user, 1, PART) for room, user in keys[start:start + 500]]):
             assert isinstance(outcome, list)
     seqs.update({key: 1 for key in keys})
     results: dict[str, Any] = {}

@@ -16,8 +16,9 @@ import asyncpg
 import pytest
 
 from loopsync.document import MAX_PARTS, Invalid
-from loopsync.pgstore import MAX_SEQ_STEP, SCHEMA_VERSION, CommitUnknown, Outcome, PostgresStore, Proposal, RoomRecord, StoreUnavailable
-from loopsync.rooms import Accepted
+from loopsync.pgstore import SCHEMA_VERSION, CommitUnknown, Outcome, PostgresStore, StoreUnavailable
+from loopsync.protocol import FREE_SEQS, MAX_SEQ_STEP
+from loopsync.rooms import Accepted, Proposal, Room, RoomRecord
 from loopsync.store import StoreError
 from serve_process import TIME_UNIT
 from services import PostgresService
@@ -28,7 +29,16 @@ NOBODY: frozenset[str] = frozenset()
 
 
 def proposal(room: str, user: str, seq: int, part: dict[str, object] = KICK, connected: frozenset[str] = NOBODY) -> Proposal:
-    return Proposal(room, user, seq, part, connected)
+    """A proposal for ``room`` whose connected users are ``connected`` (the store reads them from the room)."""
+    return Proposal(_RoomWith(room, connected), user, seq, part)
+
+
+class _RoomWith(Room):
+    """A room with these users connected, past the join limits (the store must hold even then)."""
+
+    def __init__(self, name: str, connected: frozenset[str]) -> None:
+        super().__init__(name)
+        self._users = dict.fromkeys(connected, 1)
 
 
 def accepted(outcome: Outcome) -> list[Accepted]:
@@ -60,29 +70,32 @@ async def test_batch_gives_each_room_gap_free_revisions_in_queue_order(store: Po
     assert revisions == [("b", "bob", 1, 1), ("a", "alice", 1, 1), ("b", "carol", 4, 2), ("a", "alice", 2, 2), ("c", "dave", 1, 1), ("b", "bob", 2, 3)]
     room_b = await store.load_room("b")
     assert room_b.revision == 3
-    assert [(record.user, record.seq, record.revision, record.part) for record in room_b.parts] == [("carol", 4, 2, HAT), ("bob", 2, 3, KICK)]
-    assert (await store.load_room("a")).parts == [Accepted("a", "alice", 2, 2, HAT)]
+    assert [(record.user, record.seq, record.revision, record.part) for record in room_b.records] == [("carol", 4, 2, HAT), ("bob", 2, 3, KICK)]
+    assert (await store.load_room("a")).records == [Accepted("a", "alice", 2, 2, HAT)]
 
 
 async def test_seq_rules_refuse_without_aborting_the_batch(store: PostgresStore) -> None:
-    """stale_seq (not above the last) and bad_seq (more than 2^20 above) refuse one proposal; the rest of the batch commits."""
+    """stale_seq (not above the last) and bad_seq (above max(last, 2^52) + 2^20, the rule of rooms.py) refuse one proposal; the rest commits."""
     accepted((await store.commit([proposal("demo", "alice", 5)]))[0])
+    limit = FREE_SEQS + MAX_SEQ_STEP
     outcomes = await store.commit([
-        proposal("demo", "alice", 5),                      # a repeat
-        proposal("demo", "alice", 3),                      # out of order
-        proposal("demo", "alice", 5 + MAX_SEQ_STEP + 1),   # a jump too far
-        proposal("demo", "bob", MAX_SEQ_STEP + 1),         # a first seq too far
-        proposal("demo", "alice", 5 + MAX_SEQ_STEP, HAT),  # exactly 2^20 above: fine
-        proposal("demo", "bob", MAX_SEQ_STEP),
+        proposal("demo", "alice", 5),                # a repeat
+        proposal("demo", "alice", 3),                # out of order
+        proposal("demo", "alice", limit + 1),        # a jump too far
+        proposal("demo", "bob", limit + 1),          # a first seq too far
+        proposal("demo", "alice", limit, HAT),       # exactly at the limit: fine
+        proposal("demo", "bob", 1 << 40),            # below 2^52 any jump is fine
+        proposal("demo", "alice", limit + MAX_SEQ_STEP + 1),  # above 2^52: at most 2^20 more per update
+        proposal("demo", "alice", limit + MAX_SEQ_STEP),
     ])
     codes = [outcome.code if isinstance(outcome, Invalid) else "ok" for outcome in outcomes]
-    assert codes == ["stale_seq", "stale_seq", "bad_seq", "bad_seq", "ok", "ok"]
+    assert codes == ["stale_seq", "stale_seq", "bad_seq", "bad_seq", "ok", "ok", "bad_seq", "ok"]
     assert isinstance(outcomes[0], Invalid) and outcomes[0].message == "seq 5 is not above the last accepted seq 5"
     assert isinstance(outcomes[2], Invalid) and "above the last accepted seq 5" in outcomes[2].message
-    assert [record.revision for record in accepted(outcomes[4]) + accepted(outcomes[5])] == [2, 3]
+    assert [record.revision for outcome in outcomes if isinstance(outcome, list) for record in outcome] == [2, 3, 4]
     room = await store.load_room("demo")
-    assert room.revision == 3
-    assert {(record.user, record.seq) for record in room.parts} == {("alice", 5 + MAX_SEQ_STEP), ("bob", MAX_SEQ_STEP)}
+    assert room.revision == 4
+    assert {(record.user, record.seq) for record in room.records} == {("alice", limit + MAX_SEQ_STEP), ("bob", 1 << 40)}
 
 
 async def test_commit_soon_groups_proposals_and_calls_done_in_queue_order(store: PostgresStore) -> None:
@@ -157,8 +170,8 @@ async def test_a_full_room_removes_the_oldest_part_of_a_user_not_connected(store
     outcome = accepted((await store.commit([proposal("full", "newcomer", 1, HAT, connected)]))[0])
     assert outcome == [Accepted("full", "u003", 0, MAX_PARTS + 1, None), Accepted("full", "newcomer", 1, MAX_PARTS + 2, HAT)]  # type: ignore[arg-type]
     room = await store.load_room("full")
-    assert room.revision == MAX_PARTS + 2 and len(room.parts) == MAX_PARTS
-    assert "u003" not in {record.user for record in room.parts}
+    assert room.revision == MAX_PARTS + 2 and len(room.records) == MAX_PARTS
+    assert "u003" not in {record.user for record in room.records}
     # The removed user's seq starts again from 0: seq 1 is accepted (and removes the next oldest, u004).
     again = accepted((await store.commit([proposal("full", "u003", 1, KICK, connected | {"u003"})]))[0])
     assert [(record.user, record.seq, record.revision) for record in again] == [("u004", 0, MAX_PARTS + 3), ("u003", 1, MAX_PARTS + 4)]
@@ -173,7 +186,7 @@ async def test_a_full_room_whose_users_are_all_connected_refuses_room_full(store
     outcomes = await store.commit([proposal("full", "late", 1, KICK, frozenset(users) | {"late"}), proposal("full", "u000", 2, HAT)])
     assert isinstance(outcomes[0], Invalid) and outcomes[0].code == "room_full"
     assert [record.revision for record in accepted(outcomes[1])] == [MAX_PARTS + 1]
-    assert len((await store.load_room("full")).parts) == MAX_PARTS
+    assert len((await store.load_room("full")).records) == MAX_PARTS
 
 
 async def test_postgresql_down_fails_batches_promptly_and_the_store_recovers(postgres: PostgresService, postgres_dsn: str) -> None:
@@ -197,7 +210,7 @@ async def test_postgresql_down_fails_batches_promptly_and_the_store_recovers(pos
         await asyncio.to_thread(postgres.start)
         outcome = accepted((await store.commit([proposal("demo", "alice", 2, HAT)]))[0])
         assert outcome == [Accepted("demo", "alice", 2, 2, HAT)]
-        assert (await store.load_room("demo")).parts == outcome
+        assert (await store.load_room("demo")).records == outcome
     finally:
         if not postgres.running:
             await asyncio.to_thread(postgres.start)
@@ -214,7 +227,7 @@ async def test_postgresql_killed_and_restarted_keeps_every_commit(postgres: Post
         postgres.kill()
         await asyncio.to_thread(postgres.start)
         room = await store.load_room("demo")
-        assert room.revision == 40 and len(room.parts) == 21
+        assert room.revision == 40 and len(room.records) == 21
         assert [record.revision for record in accepted((await store.commit([proposal("demo", "alice", 21)]))[0])] == [41]
     finally:
         if not postgres.running:
@@ -274,12 +287,35 @@ async def test_schema_is_created_once_when_nodes_start_together(postgres_dsn: st
         assert await again.schema_version() == SCHEMA_VERSION
         connection = await asyncpg.connect(postgres_dsn)
         try:
-            assert [row["version"] for row in await connection.fetch("SELECT version FROM loopsync.schema_version")] == [SCHEMA_VERSION]
+            assert [row["version"] for row in await connection.fetch("SELECT version FROM loopsync.schema_version")] == list(range(1, SCHEMA_VERSION + 1))
         finally:
             await connection.close()
         assert (await again.load_room("demo")).revision == 1
     finally:
         await again.close()
+
+
+async def test_schema_1_is_migrated_to_the_seq_rule_of_rooms(store: PostgresStore, postgres_dsn: str) -> None:
+    """A database at schema 1 (bad_seq above last + 2^20) gets schema 2's rule, max(last, 2^52) + 2^20, when a node opens it."""
+    from loopsync.pgstore import _COMMIT_BATCH_FUNCTION
+
+    schema_1_rule = _COMMIT_BATCH_FUNCTION.replace("greatest(last_seq, 4503599627370496) + max_seq_step", "last_seq + max_seq_step").replace(
+        "proposal.seq > 4503599627370496 + max_seq_step", "proposal.seq > max_seq_step")
+    assert schema_1_rule != _COMMIT_BATCH_FUNCTION
+    await store.close()
+    connection = await asyncpg.connect(postgres_dsn)
+    try:
+        await connection.execute(schema_1_rule)
+        await connection.execute("DELETE FROM loopsync.schema_version WHERE version > 1")
+        batch = json.dumps([["demo", "alice", MAX_SEQ_STEP + 1, KICK, 0]])
+        refused = await connection.fetchval("SELECT o_refused FROM loopsync.commit_batch($1::jsonb, '[[]]'::jsonb, 256, $2)", batch, MAX_SEQ_STEP)
+        assert refused == "bad_seq"  # what schema 1 said
+    finally:
+        await connection.close()
+    await store.open()
+    assert await store.schema_version() == SCHEMA_VERSION
+    [outcome] = await store.commit([proposal("demo", "alice", MAX_SEQ_STEP + 1)])
+    assert isinstance(outcome, list), outcome
 
 
 async def test_a_newer_schema_is_refused(store: PostgresStore, postgres_dsn: str) -> None:

@@ -20,7 +20,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the sync server and the web client")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="port to listen on; 0 picks a free one (default 8765)")
-    serve.add_argument("--store", choices=("sqlite", "memory"), default="sqlite", help="where Shared Data lives (default sqlite)")
+    serve.add_argument("--store", default="sqlite", metavar="sqlite|memory|postgresql://USER@HOST/DB",
+                       help="where Shared Data lives (default sqlite); a PostgreSQL URL makes this server a node of a cluster (with --bus)")
+    serve.add_argument("--bus", metavar="redis://HOST:PORT", help="the cluster's Redis (with --store postgresql://...)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N", help="run N node processes sharing the port (cluster mode only; default 1)")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --workers' processes: listen with SO_REUSEPORT
     serve.add_argument("--data", type=Path, default=Path("data"), help="directory of the SQLite file (default ./data)")
     serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                        help="also accept WebSocket connections from pages of this origin, e.g. https://example.org (repeatable); "
@@ -56,9 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
+        problem = _serve_usage_problem(args)
+        if problem:
+            parser.error(problem)
+        if args.workers > 1:
+            from .workers import main_workers
+
+            return main_workers(args, sys.argv[1:] if argv is None else argv)
         from .server import main_serve
 
-        return main_serve(host=args.host, port=args.port, store=args.store, data_dir=args.data, allowed_origins=tuple(args.allow_origin))
+        return main_serve(host=args.host, port=args.port, store=args.store, data_dir=args.data, allowed_origins=tuple(args.allow_origin),
+                          bus=args.bus, reuse_port=args.worker)
     if args.command == "conformance":
         from .conformance import main_conformance
 
@@ -68,6 +80,25 @@ def main(argv: list[str] | None = None) -> int:
     from .client import main_client
 
     return main_client(args)
+
+
+def _serve_usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``serve``'s options, in a sentence, or ``None``."""
+    clustered = args.store.startswith(("postgresql://", "postgres://"))
+    if not clustered and args.store not in ("sqlite", "memory"):
+        return f"--store must be sqlite, memory or a postgresql:// URL, got {args.store!r}"
+    if clustered and not args.bus:
+        return "a cluster node needs its bus too: --store postgresql://... goes with --bus redis://HOST:PORT"
+    if args.bus and not clustered:
+        return "--bus is for cluster nodes: give it with --store postgresql://USER@HOST/DB"
+    if args.bus and not args.bus.startswith(("redis://", "rediss://", "unix://")):
+        return f"--bus must be a redis:// URL, got {args.bus!r}"
+    if args.workers < 1:
+        return f"--workers must be at least 1, got {args.workers}"
+    if args.workers > 1 and not clustered:
+        return (f"--workers {args.workers} needs cluster mode (--store postgresql://... --bus redis://...): "
+                f"processes on one {args.store} store would not see each other's updates")
+    return None
 
 
 if __name__ == "__main__":

@@ -391,8 +391,11 @@ def presence_shape_problem(message: dict[str, Any]) -> str | None:
 class _Run:
     """One scenario being played: its connections, variables and deadline per wait."""
 
-    def __init__(self, url: str, scenario: Scenario, session: aiohttp.ClientSession, restart: Restart | None, timeout_seconds: float) -> None:
+    def __init__(self, url: str, scenario: Scenario, session: aiohttp.ClientSession, restart: Restart | None, timeout_seconds: float,
+                 other_urls: tuple[str, ...] = ()) -> None:
         self.url = url
+        self.urls = (url, *other_urls)
+        """Connections open in turn on these (the nodes of a cluster: one room's members on different nodes)."""
         self.scenario = scenario
         self.session = session
         self.restart = restart
@@ -455,11 +458,12 @@ class _Run:
         name = fill(step["send"], self.variables)
         peer = self.peers.get(name)
         if peer is None:
+            url = self.urls[len(self.peers) % len(self.urls)]
             try:
-                ws = await self.session.ws_connect(self.url, heartbeat=None, max_msg_size=0,
+                ws = await self.session.ws_connect(url, heartbeat=None, max_msg_size=0,
                                                    timeout=aiohttp.ClientWSTimeout(ws_close=self.timeout_seconds))
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                raise _Failed(f"cannot open connection {name!r} to {self.url}: {exc!r}") from None
+                raise _Failed(f"cannot open connection {name!r} to {url}: {exc!r}") from None
             peer = self.peers[name] = _Peer(name, ws, self.scenario.check_presence_shape)
         if peer.closed:
             raise _Failed(f"cannot send on {name!r}: the connection is closed (code {peer.close_code})")
@@ -625,14 +629,17 @@ async def wait_until_serving(url: str, session: aiohttp.ClientSession, timeout_s
 
 
 async def run_scenario(url: str, scenario: Scenario, *, restart: Restart | None = None, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-                       session: aiohttp.ClientSession | None = None) -> Verdict:
-    """Play one scenario against the server at ``url``; a scenario that needs a restart is ``not run`` without ``restart``."""
+                       session: aiohttp.ClientSession | None = None, other_urls: tuple[str, ...] = ()) -> Verdict:
+    """Play one scenario against the server at ``url``; a scenario that needs a restart is ``not run`` without ``restart``.
+
+    ``other_urls``: more nodes of the same cluster; the scenario's connections open on ``url`` and them in turn.
+    """
     if "restart" in scenario.needs and restart is None:
         return Verdict(scenario.name, "not run", reason="it restarts the server: give a way to restart it (--restart-command)")
     started = time.monotonic()
     own_session = session is None
     active = session or aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    run = _Run(url, scenario, active, restart, timeout_seconds)
+    run = _Run(url, scenario, active, restart, timeout_seconds, other_urls)
     try:
         await run.play(scenario.steps)
         await run.finish()

@@ -321,6 +321,8 @@ class Connection(asyncio.BufferedProtocol):
             opcode, data = frame
             if opcode == OP_TEXT:
                 self.handler.text(self, data)  # type: ignore[arg-type]
+                if self._held:
+                    return  # the frames already read wait too: _resume goes on from here
             elif opcode == OP_PONG:
                 self._awaiting_pong = False
             elif opcode == OP_PING:

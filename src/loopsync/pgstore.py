@@ -13,12 +13,12 @@ Use::
 
     store = PostgresStore("postgresql://loopsync@db.example/loopsync")
     await store.open()                       # connects, creates or migrates the schema
-    record = await store.load_room("demo")   # RoomRecord(revision, parts)
-    store.commit_soon(Proposal("demo", "alice", 7, part, connected_users), done)
+    record = await store.load_room("demo")   # RoomRecord(revision, records)
+    store.commit_soon(Proposal(room, "alice", 7, part), done)   # room: a loopsync.rooms.Room
     ...                                      # done(outcome) runs on the event loop after the commit
     await store.close()
 
-``commit_soon`` is group commit, like :meth:`loopsync.store.SqliteStore.save_soon`:
+``commit_soon`` is group commit, like :meth:`loopsync.store.SqliteStore.commit_soon`:
 proposals queued while one batch is with PostgreSQL go together into the next
 one, and their ``done`` callbacks run in queue order once it has committed.
 A batch is one round trip: one call of the server-side function
@@ -53,20 +53,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import asyncpg
 import orjson
 
-from .document import MAX_PARTS, Invalid, Part
-from .rooms import Accepted
-from .store import StoreError
+from .document import MAX_PARTS, Invalid
+from .protocol import FREE_SEQS, MAX_SEQ_STEP
+from .rooms import Accepted, Proposal, RoomRecord
+from .store import Done, StoreError
+from .store import Outcome as StoreOutcome
 
-MAX_SEQ_STEP: Final = 2**20
-"""A proposal's seq may be at most this much above the user's last accepted seq (``bad_seq`` beyond)."""
+assert FREE_SEQS == 4503599627370496, "commit_batch's SQL spells FREE_SEQS out"
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The schema version this code creates and needs."""
 
 _MIGRATION_LOCK: Final = 0x6C6F6F7073796E63
@@ -87,33 +87,11 @@ class CommitUnknown(StoreUnavailable):
     """
 
 
-class Proposal(NamedTuple):
-    """An update a node asks the store to commit: the part ``user`` sent with ``seq``.
-
-    ``connected_users`` are the users connected to the room (on any node)
-    when the update came: their parts never give way to a new user's.
-    """
-
-    room: str
-    user: str
-    seq: int
-    part: Part
-    connected_users: frozenset[str]
-
-
-Outcome = list[Accepted] | Invalid | StoreError
+Outcome = StoreOutcome
 """What became of one proposal: committed records, a refusal, or the failure of its batch."""
 
-CommitDone = Callable[[Outcome], None]
+CommitDone = Done
 """Called on the event loop with a proposal's outcome once its batch has committed (or failed)."""
-
-
-@dataclass(frozen=True)
-class RoomRecord:
-    """A room as committed: its latest revision (0 for a room never written) and its parts, oldest revision first."""
-
-    revision: int
-    parts: list[Accepted]
 
 
 _SCHEMA_TABLE = """
@@ -124,28 +102,15 @@ CREATE TABLE IF NOT EXISTS loopsync.schema_version (
 );
 """
 
-_MIGRATION_1 = """
-CREATE TABLE loopsync.rooms (
-    name text COLLATE "C" PRIMARY KEY CHECK (char_length(name) BETWEEN 1 AND 32),
-    revision bigint NOT NULL CHECK (revision >= 0)
-) WITH (fillfactor = 80);
-
-CREATE TABLE loopsync.parts (
-    room text COLLATE "C" NOT NULL,
-    user_name text COLLATE "C" NOT NULL CHECK (char_length(user_name) BETWEEN 1 AND 32),
-    seq bigint NOT NULL CHECK (seq > 0),
-    revision bigint NOT NULL CHECK (revision > 0),
-    part jsonb NOT NULL CHECK (jsonb_typeof(part) = 'object'),
-    PRIMARY KEY (room, user_name)
-) WITH (fillfactor = 80);
-
-CREATE FUNCTION loopsync.commit_batch(batch jsonb, connected jsonb, max_parts integer, max_seq_step bigint)
+_COMMIT_BATCH_FUNCTION = """
+CREATE OR REPLACE FUNCTION loopsync.commit_batch(batch jsonb, connected jsonb, max_parts integer, max_seq_step bigint)
 RETURNS TABLE (o_position integer, o_revision bigint, o_removed_user text, o_removed_revision bigint,
                o_refused text, o_last_seq bigint)
 LANGUAGE plpgsql AS $$
 -- batch: [[room, user, seq, part, connected_index], ...] in queue order;
 -- connected: [[user, ...], ...], the sets of connected users the proposals point to.
 -- One output row per proposal (o_position is its 1-based place in batch).
+-- The seq rule is loopsync.rooms': bad_seq when seq > max(last, 2^52 = 4503599627370496) + max_seq_step.
 DECLARE
     proposal record;
     room_name text;
@@ -188,7 +153,7 @@ BEGIN
             o_last_seq := last_seq;
             IF proposal.seq <= last_seq THEN
                 o_refused := 'stale_seq';
-            ELSIF proposal.seq > last_seq + max_seq_step THEN
+            ELSIF proposal.seq > greatest(last_seq, 4503599627370496) + max_seq_step THEN
                 o_refused := 'bad_seq';
             ELSE
                 room_revision := room_revision + 1;
@@ -199,7 +164,7 @@ BEGIN
             o_last_seq := 0;
             IF proposal.seq <= 0 THEN
                 o_refused := 'stale_seq';
-            ELSIF proposal.seq > max_seq_step THEN
+            ELSIF proposal.seq > 4503599627370496 + max_seq_step THEN
                 o_refused := 'bad_seq';
             ELSE
                 IF part_count IS NULL THEN
@@ -241,8 +206,29 @@ BEGIN
 END
 $$;
 """
+"""Decides and writes one batch (the rules of :func:`loopsync.rooms.sequence`, in the database).
 
-_MIGRATIONS: Final[tuple[tuple[int, str], ...]] = ((1, _MIGRATION_1),)
+Schema 1 created it with the bad_seq rule ``seq > last + 2^20``; schema 2 replaces it with the rule of
+:mod:`loopsync.rooms` (``seq > max(last, 2^52) + 2^20``), so that a cluster refuses exactly what one process refuses."""
+
+_MIGRATION_1 = """
+CREATE TABLE loopsync.rooms (
+    name text COLLATE "C" PRIMARY KEY CHECK (char_length(name) BETWEEN 1 AND 32),
+    revision bigint NOT NULL CHECK (revision >= 0)
+) WITH (fillfactor = 80);
+
+CREATE TABLE loopsync.parts (
+    room text COLLATE "C" NOT NULL,
+    user_name text COLLATE "C" NOT NULL CHECK (char_length(user_name) BETWEEN 1 AND 32),
+    seq bigint NOT NULL CHECK (seq > 0),
+    revision bigint NOT NULL CHECK (revision > 0),
+    part jsonb NOT NULL CHECK (jsonb_typeof(part) = 'object'),
+    PRIMARY KEY (room, user_name)
+) WITH (fillfactor = 80);
+
+""" + _COMMIT_BATCH_FUNCTION
+
+_MIGRATIONS: Final[tuple[tuple[int, str], ...]] = ((1, _MIGRATION_1), (2, _COMMIT_BATCH_FUNCTION))
 """Each schema version and the SQL that reaches it from the one before; run in order, each once."""
 
 _COMMIT = "SELECT * FROM loopsync.commit_batch($1::jsonb, $2::jsonb, $3, $4)"
@@ -284,7 +270,7 @@ class PostgresStore:
         """The connection batches go through: held, not taken from the pool for each batch (acquire and release cost
         about 60 us of CPU and as much latency per batch in asyncpg). A new one replaces it when it breaks."""
         self._commit_connection_busy = False
-        self._pending: list[tuple[Proposal, CommitDone]] = []
+        self._pending: list[tuple[Proposal, CommitDone] | tuple[_ReadRoom, asyncio.Future[RoomRecord]]] = []
         self._drain_task: asyncio.Task[None] | None = None
         self.commits = 0
         """Batches committed so far: for tests and benchmarks."""
@@ -346,9 +332,9 @@ class PostgresStore:
         rows = await self._fetch(_LOAD_ROOM, room)
         if not rows:
             return RoomRecord(0, [])
-        parts = [Accepted(room, row["user_name"], row["seq"], row["revision"], orjson.loads(row["part"]))
-                 for row in rows if row["user_name"] is not None]
-        return RoomRecord(int(rows[0]["room_revision"]), parts)
+        records = [Accepted(room, row["user_name"], row["seq"], row["revision"], orjson.loads(row["part"]))
+                   for row in rows if row["user_name"] is not None]
+        return RoomRecord(int(rows[0]["room_revision"]), records)
 
     def commit_soon(self, proposal: Proposal, done: CommitDone) -> None:
         """Queue ``proposal`` for the next batch; ``done(outcome)`` runs on this event loop once the batch has committed or failed.
@@ -362,28 +348,67 @@ class PostgresStore:
         if self._drain_task is None:
             self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
+    async def load_room_in_order(self, room: str) -> RoomRecord:
+        """The committed state of ``room``, read in queue order: after every proposal queued before this call has its outcome, before any queued after.
+
+        A cluster node re-reads a room this way when it sees a gap: every
+        commit of its own that the read shows has already been handed to its
+        ``done``, and every later one gets a higher revision. Raise
+        :class:`StoreUnavailable` when PostgreSQL cannot answer.
+        """
+        self._require_open()
+        future: asyncio.Future[RoomRecord] = asyncio.get_running_loop().create_future()
+        self._pending.append((_ReadRoom(room), future))
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
     async def _drain(self) -> None:
-        """Commit what is queued, batch after batch, until nothing is left."""
+        """Commit what is queued, batch after batch, until nothing is left; ordered reads split a batch where they were queued."""
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
                 started_at = loop.time()
-                batch, self._pending = self._pending, []
-                try:
-                    outcomes = await self.commit([proposal for proposal, _ in batch])
-                except Exception as exc:  # a bug: the callers still hear of their proposals
-                    log.exception("commit failed")
-                    outcomes = [StoreError(f"commit failed: {exc}")] * len(batch)
-                for (_, done), outcome in zip(batch, outcomes):
-                    try:
-                        done(outcome)
-                    except Exception:
-                        log.exception("error in a commit callback")
+                queued, self._pending = self._pending, []
+                start = 0
+                while start < len(queued):
+                    end = start
+                    while end < len(queued) and type(queued[end][0]) is not _ReadRoom:
+                        end += 1
+                    if end > start:
+                        await self._commit_and_tell(queued[start:end])  # type: ignore[arg-type]
+                    if end < len(queued):
+                        read, future = queued[end]
+                        await self._read_and_tell(read, future)  # type: ignore[arg-type]
+                        end += 1
+                    start = end
                 wait = started_at + self.commit_interval - loop.time()
                 if wait > 0 and self._pending:
                     await asyncio.sleep(wait)
         finally:
             self._drain_task = None
+
+    async def _commit_and_tell(self, batch: list[tuple[Proposal, CommitDone]]) -> None:
+        try:
+            outcomes = await self.commit([proposal for proposal, _ in batch])
+        except Exception as exc:  # a bug: the callers still hear of their proposals
+            log.exception("commit failed")
+            outcomes = [StoreError(f"commit failed: {exc}")] * len(batch)
+        for (_, done), outcome in zip(batch, outcomes):
+            try:
+                done(outcome)
+            except Exception:
+                log.exception("error in a commit callback")
+
+    async def _read_and_tell(self, read: _ReadRoom, future: asyncio.Future[RoomRecord]) -> None:
+        try:
+            record = await self.load_room(read.room)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(record)
 
     async def flush(self) -> None:
         """Wait until every proposal queued so far has its outcome (and its ``done`` has run)."""
@@ -402,13 +427,17 @@ class PostgresStore:
             return []
         if self._pool is None:
             return [StoreError("the store is not open")] * len(proposals)
-        connected_index: dict[frozenset[str], int] = {}
+        connected_index: dict[int, int] = {}
+        connected: list[list[str]] = []
         rows = []
         for proposal in proposals:
-            # Each distinct set of connected users goes once per batch (a room's is usually one object).
-            index = connected_index.setdefault(proposal.connected_users, len(connected_index))
-            rows.append((proposal.room, proposal.user, proposal.seq, proposal.part, index))
-        connected = [sorted(users) for users in connected_index]
+            # The users connected to the room (on any node: a cluster joins other nodes' members to the room)
+            # never give their part way; each room's set goes once per batch.
+            index = connected_index.get(id(proposal.room))
+            if index is None:
+                index = connected_index[id(proposal.room)] = len(connected)
+                connected.append(sorted(proposal.room.present_users()))
+            rows.append((proposal.room.name, proposal.user, proposal.seq, proposal.part, index))
         # The held connection when it is free (always, for commit_soon's batches), else one from the pool.
         dedicated = not self._commit_connection_busy
         try:
@@ -443,13 +472,14 @@ class PostgresStore:
             if refused is not None:
                 outcomes[position] = _refusal(refused, proposal, row["o_last_seq"])
                 continue
-            accepted = Accepted(proposal.room, proposal.user, proposal.seq, row["o_revision"], proposal.part)
+            room = proposal.room.name
+            accepted = Accepted(room, proposal.user, proposal.seq, row["o_revision"], proposal.part)
             removed_user = row["o_removed_user"]
             if removed_user is None:
                 outcomes[position] = [accepted]
             else:
                 removed_part: Any = None  # a removal: the user's part is gone and its seq restarts at 0
-                outcomes[position] = [Accepted(proposal.room, removed_user, 0, row["o_removed_revision"], removed_part), accepted]
+                outcomes[position] = [Accepted(room, removed_user, 0, row["o_removed_revision"], removed_part), accepted]
         return outcomes
 
     async def _release(self, connection: Any) -> None:
@@ -501,15 +531,21 @@ class PostgresStore:
             raise StoreError("the store is not open")
 
     def __repr__(self) -> str:
-        return f"PostgresStore({_without_password(self.dsn)!r})"
+        return f"PostgresStore({without_password(self.dsn)!r})"
+
+
+class _ReadRoom(NamedTuple):
+    """A queue entry of :meth:`PostgresStore.load_room_in_order`."""
+
+    room: str
 
 
 def _refusal(code: str, proposal: Proposal, last_seq: int) -> Invalid:
     if code == "stale_seq":
         return Invalid("stale_seq", f"seq {proposal.seq} is not above the last accepted seq {last_seq}")
     if code == "bad_seq":
-        return Invalid("bad_seq", f"seq {proposal.seq} is more than {MAX_SEQ_STEP} above the last accepted seq {last_seq}")
-    return Invalid("room_full", f"room {proposal.room!r} has {MAX_PARTS} parts and all their users are connected")
+        return Invalid("bad_seq", f"seq {proposal.seq} is more than {MAX_SEQ_STEP} above the last accepted seq {last_seq} (above 2^52, seqs grow by at most 2^20 per update)")
+    return Invalid("room_full", f"room {proposal.room.name!r} has {MAX_PARTS} parts and all their users are connected")
 
 
 def _failure(exc: BaseException, *, sent: bool, doing: str) -> StoreError:
@@ -528,7 +564,8 @@ def _failure(exc: BaseException, *, sent: bool, doing: str) -> StoreError:
     return StoreError(f"cannot {doing}: {detail}")
 
 
-def _without_password(dsn: str) -> str:
+def without_password(dsn: str) -> str:
+    """A URL with its password (if any) replaced by ``***``, for logs and banners."""
     scheme, separator, rest = dsn.partition("://")
     credentials, at, host = rest.rpartition("@")
     if not at or ":" not in credentials:

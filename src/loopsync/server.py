@@ -43,7 +43,7 @@ import signal
 import sys
 from collections import deque
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Final
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Final
 from urllib.parse import unquote_to_bytes
 
 import orjson
@@ -56,6 +56,9 @@ from .protocol import Fetch, Hello, Transport, Update
 from .rooms import Accepted, Proposal, Room
 from .store import MemoryStore, SqliteStore, Store, StoreError
 from .websocket import HttpError, Request, text_frame
+
+if TYPE_CHECKING:
+    from .cluster import ClusterLink, Entry
 
 log = logging.getLogger("loopsync.server")
 throttled = ThrottledLog(log)
@@ -99,7 +102,9 @@ class _Reply:
 
 
 _SNAPSHOT: Final = object()
-"""A reply entry: a snapshot, built when its turn comes (so it shows every commit answered before it)."""
+"""A reply entry: a snapshot, built when its turn comes (so it shows every commit answered before it). The
+connection is not read until it goes out, so that no later update of the same connection is applied before
+it (that update's ack would then come after a snapshot that already shows it)."""
 
 
 class _Peer(Connection):
@@ -115,7 +120,7 @@ class _Peer(Connection):
         self.label = str(connection_id)
         self.user: str | None = None
         self.room: _RoomState | None = None
-        self.presence_id = str(connection_id)
+        self.presence_id = str(connection_id) if server.cluster is None else f"{server.cluster.node_id}-{connection_id}"
         self.replies: deque[_Reply | bytes | object] = deque()
         """Answers waiting for an earlier update's commit, in request order."""
         self.unanswered = 0
@@ -138,8 +143,8 @@ class _RoomState:
     def __init__(self, room: Room) -> None:
         self.room = room
         self.peers: dict[int, _Peer] = {}
-        self.outgoing: deque[tuple[Accepted, _Peer | None, _Reply | None]] | None = None
-        """Committed records to tell the members, in revision order (with the sender and its reply);
+        self.outgoing: deque[tuple[Accepted, _Peer | None, _Reply | None, bool]] | None = None
+        """Committed records to tell the members, in revision order (with the sender, its reply, and whether the others still need it);
         None when there are none (an empty deque holds a 600-byte block: a quarter of an idle room)."""
         self.backlog_writes = 0
         self.scheduled = False
@@ -157,8 +162,12 @@ class Server:
 
     def __init__(self, store: Store | None = None, *, hello_timeout: float = HELLO_TIMEOUT_SECONDS, web_dir: Path = WEB_DIR,
                  allowed_origins: tuple[str, ...] = (), room_grace: float = ROOM_GRACE_SECONDS,
-                 max_connections: int | None = None, outbox_bytes: int = OUTBOX_BYTES) -> None:
+                 max_connections: int | None = None, outbox_bytes: int = OUTBOX_BYTES, cluster: ClusterLink | None = None,
+                 reuse_port: bool = False) -> None:
         self.store: Store = store if store is not None else MemoryStore()
+        self.cluster = cluster
+        """The link to the other nodes when this server is one node of a cluster (its store is then a PostgresStore)."""
+        self.reuse_port = reuse_port
         self.hello_timeout = hello_timeout
         self.web_dir = web_dir.resolve()
         self.allowed_origins = frozenset(origin.rstrip("/").lower() for origin in allowed_origins)
@@ -194,12 +203,21 @@ class Server:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Open the store and listen; ``port`` 0 picks a free port (read it back from ``.port``)."""
         await self.store.open()
+        if self.cluster is not None:
+            try:
+                await self.cluster.open(self)
+            except BaseException:
+                await self.store.close()
+                raise
         if self.max_connections is None:
             self.max_connections = raise_descriptor_limit() - DESCRIPTOR_RESERVE
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(lambda: _Peer(self, next(self._ids)), host, port, backlog=1024)
+            self._server = await loop.create_server(lambda: _Peer(self, next(self._ids)), host, port, backlog=1024,
+                                                    reuse_port=self.reuse_port or None)
         except BaseException:
+            if self.cluster is not None:
+                await self.cluster.close()
             await self.store.close()
             raise
         self.host = host
@@ -220,6 +238,9 @@ class Server:
             await asyncio.sleep(0.01)
         for peer in list(self.connections.values()):
             peer.abort()
+        await self.store.flush()
+        if self.cluster is not None:
+            await self.cluster.close()
         await self.store.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
@@ -347,7 +368,11 @@ class Server:
                     self._presence_changed(peer.room)
             elif kind is Fetch:
                 peer.charge(FETCH_TOKENS - 1)
-                self._reply(peer, _SNAPSHOT)
+                if peer.replies:
+                    peer.hold_reading()
+                    peer.replies.append(_SNAPSHOT)
+                else:
+                    self._send_snapshot(peer)
             else:
                 assert isinstance(message, Invalid)
                 self._reply(peer, protocol.error_message(message, _readable_seq(text)))
@@ -368,7 +393,7 @@ class Server:
                 peer.close(protocol.CLOSE_POLICY, hello.code)
             return
         state = self.rooms.get(hello.room)
-        if state is not None:
+        if state is not None and self.cluster is None:
             self._join(peer, state, hello)
             return
         peer.joining = True
@@ -380,12 +405,34 @@ class Server:
 
     async def _load(self, name: str) -> _RoomState:
         try:
-            record = await self.store.load_room(name)
+            return await self._read_room(name)
         finally:
             del self._loading[name]
+
+    async def _read_room(self, name: str) -> _RoomState:
+        known = self.rooms.get(name)
+        if known is not None and self.cluster is not None:
+            # A cluster node's room may lag PostgreSQL (a node died before it published a commit): a joiner's snapshot must not.
+            try:
+                await self.cluster.refresh(name)
+            except StoreError as exc:
+                throttled.log("refresh", logging.WARNING, "could not re-read room %r for a joiner: %s", name, exc)
+            if self.rooms.get(name) is known:
+                return known
+        presence: list[Any] = []
+        if self.cluster is None:
+            record = await self.store.load_room(name)
+        else:
+            try:
+                record, presence = await self.cluster.load(name)
+            except BaseException:
+                self.cluster.load_failed(name)
+                raise
         state = self.rooms.get(name)
         if state is None:
             state = self.rooms[name] = _RoomState(Room(name, record))
+            if self.cluster is not None:
+                self.cluster.loaded(state, presence)
         return state
 
     def _loaded(self, peer: _Peer, hello: Hello, done: asyncio.Future[_RoomState]) -> None:
@@ -448,19 +495,17 @@ class Server:
         """The store has decided a proposal: apply what it accepted and queue the answers in revision order."""
         state.pending -= 1
         if isinstance(outcome, list):
-            if state.outgoing is None:
-                state.outgoing = deque()
-            for record in outcome:
-                state.room.apply(record)
-                if record.user == peer.user and record.part is not None:
-                    state.outgoing.append((record, peer, reply))
-                else:
-                    state.outgoing.append((record, None, None))
-                state.backlog_writes += len(state.peers)
-            self._take_turn(state)
-            if state.backlog_writes > ROOM_BACKLOG_WRITES and not state.held:
-                self._hold_room(state)
+            entries = [(record, peer, reply) if record.user == peer.user and record.part is not None else (record, None, None)
+                       for record in outcome]
+            if self.cluster is None:
+                self.pass_on(state, entries)
+            else:  # in revision order with the other nodes' commits
+                from .cluster import Entry
+
+                self.cluster.committed(state, [Entry(*entry) for entry in entries])
             return
+        if self.cluster is not None:
+            self.cluster.refused(state.room.name, outcome)
         if isinstance(outcome, StoreError):
             throttled.log("store", logging.ERROR, "could not commit an update of %r in room %r: %s", peer.user, state.room.name, outcome)
             problem = Invalid("unavailable", "the update could not be stored now; it was not applied")
@@ -471,6 +516,28 @@ class Server:
         self._flush_replies(peer)
         self._maybe_idle(state)
 
+    def pass_on(self, state: _RoomState, entries: list[tuple[Accepted, _Peer | None, _Reply | None]] | list[Entry]) -> None:
+        """Apply committed records to the room, in revision order, and queue their acks and updates.
+
+        A record the room already has (a cluster's re-read showed it before
+        this node's own commit was answered) only gets its ack.
+        """
+        room = state.room
+        if state.outgoing is None:
+            state.outgoing = deque()
+        for record, sender, reply in entries:
+            if record.revision > room.revision:
+                room.apply(record)
+                state.outgoing.append((record, sender, reply, True))
+            elif sender is not None:
+                state.outgoing.append((record, sender, reply, False))
+            else:
+                continue
+            state.backlog_writes += len(state.peers)
+        self._take_turn(state)
+        if state.backlog_writes > ROOM_BACKLOG_WRITES and not state.held:
+            self._hold_room(state)
+
     def _answered(self, peer: _Peer) -> None:
         peer.unanswered -= 1
         if peer.unanswered == MAX_UNANSWERED - 1:
@@ -478,14 +545,11 @@ class Server:
 
     # -- replies in request order ------------------------------------------------------
 
-    def _reply(self, peer: _Peer, frame: bytes | object) -> None:
+    def _reply(self, peer: _Peer, frame: bytes) -> None:
         """Answer a message after the answers to the messages before it."""
         if peer.replies:
             peer.replies.append(frame)
-        elif frame is _SNAPSHOT:
-            self._send_snapshot(peer)
         else:
-            assert isinstance(frame, bytes)
             peer.send(text_frame(frame))
 
     def _flush_replies(self, peer: _Peer) -> None:
@@ -499,6 +563,7 @@ class Server:
                 peer.send(text_frame(head.frame))
             elif head is _SNAPSHOT:
                 self._send_snapshot(peer)
+                peer.release_reading()
             else:
                 peer.send(text_frame(head))  # type: ignore[arg-type]
             replies.popleft()
@@ -546,14 +611,15 @@ class Server:
         writes = 0
         outgoing = state.outgoing
         while outgoing and writes < ROOM_SLICE_WRITES:
-            record, sender, reply = outgoing.popleft()
-            frame = text_frame(protocol.update_message(user=record.user, seq=record.seq, revision=record.revision, part=record.part))
+            record, sender, reply, tell_others = outgoing.popleft()
             revision = record.revision
-            for peer in state.peers.values():
-                if peer is sender or peer.seen_revision >= revision:
-                    continue
-                peer.send(frame)
-            writes += len(state.peers)
+            if tell_others:
+                frame = text_frame(protocol.update_message(user=record.user, seq=record.seq, revision=revision, part=record.part))
+                for peer in state.peers.values():
+                    if peer is sender or peer.seen_revision >= revision:
+                        continue
+                    peer.send(frame)
+                writes += len(state.peers)
             if sender is not None and reply is not None:
                 reply.frame = protocol.ack_message(seq=record.seq, revision=revision)
                 self._answered(sender)
@@ -579,7 +645,14 @@ class Server:
 
     # -- presence ------------------------------------------------------------------------------
 
-    def _presence_changed(self, state: _RoomState) -> None:
+    def remote_presence_changed(self, state: _RoomState) -> None:
+        """Another node's members of the room changed (the cluster link took them into the room): tell the members here."""
+        self._presence_changed(state, remote=True)
+
+    def _presence_changed(self, state: _RoomState, remote: bool = False) -> None:
+        """The room's presence changed (``remote``: another node's members did): tell its members soon, and the other nodes."""
+        if self.cluster is not None and not remote:
+            self.cluster.local_presence_changed(state)
         if state.presence_timer is not None or not state.room.presence_changed:
             return
         loop = asyncio.get_running_loop()
@@ -614,6 +687,8 @@ class Server:
             state.presence_timer.cancel()
         if self.rooms.get(state.room.name) is state:
             del self.rooms[state.room.name]
+            if self.cluster is not None:
+                self.cluster.forgotten(state.room.name)
 
 
 def _as_peer(connection: Connection) -> _Peer:
@@ -659,11 +734,25 @@ async def running(host: str = "127.0.0.1", port: int = 0, store: Store | None = 
         await server.stop()
 
 
-def main_serve(host: str, port: int, store: str, data_dir: Path, allowed_origins: tuple[str, ...] = ()) -> int:
-    """``loopsync serve``: run until SIGINT or SIGTERM; the exit code (0 ok, 1 failure)."""
+def main_serve(host: str, port: int, store: str, data_dir: Path, allowed_origins: tuple[str, ...] = (), bus: str | None = None,
+               reuse_port: bool = False) -> int:
+    """``loopsync serve``: run until SIGINT or SIGTERM; the exit code (0 ok, 1 failure).
+
+    ``store`` is ``sqlite``, ``memory`` or a PostgreSQL URL; with the latter,
+    ``bus`` (a Redis URL) makes this process one node of a cluster.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     chosen: Store
-    if store == "sqlite":
+    cluster: ClusterLink | None = None
+    if bus is not None:
+        from .cluster import ClusterLink
+        from .pgstore import PostgresStore, without_password
+
+        postgres = PostgresStore(store)
+        chosen = postgres
+        cluster = ClusterLink(bus)
+        description = f"postgresql, {postgres!r}; bus: redis, {without_password(bus)}; node {cluster.node_id}"
+    elif store == "sqlite":
         sqlite = SqliteStore(data_dir)
         try:
             sqlite.open_now()
@@ -676,7 +765,7 @@ def main_serve(host: str, port: int, store: str, data_dir: Path, allowed_origins
         chosen = MemoryStore()
         description = "memory, nothing is kept after exit"
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(_serve(host, port, chosen, description, allowed_origins))
+        return runner.run(_serve(host, port, chosen, description, allowed_origins, cluster, reuse_port))
 
 
 GC_YOUNG_THRESHOLD: Final = 10_000
@@ -710,13 +799,21 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-async def _serve(host: str, port: int, store: Store, description: str, allowed_origins: tuple[str, ...]) -> int:
-    server = Server(store, allowed_origins=allowed_origins)
+async def _serve(host: str, port: int, store: Store, description: str, allowed_origins: tuple[str, ...],
+                 cluster: ClusterLink | None = None, reuse_port: bool = False) -> int:
+    server = Server(store, allowed_origins=allowed_origins, cluster=cluster, reuse_port=reuse_port)
     try:
         await server.start(host, port)
     except OSError as exc:
         print(f"loopsync cannot listen on {host}:{port}: {exc.strerror or exc}.", file=sys.stderr, flush=True)
-        await store.close()
+        return 1
+    except StoreError as exc:
+        print(f"loopsync cannot start: {exc}.", file=sys.stderr, flush=True)
+        return 1
+    except Exception as exc:
+        if cluster is None:
+            raise
+        print(f"loopsync cannot start: {exc}.", file=sys.stderr, flush=True)  # the bus: Redis cannot be reached
         return 1
     tune_interpreter()
     stop = asyncio.Event()
