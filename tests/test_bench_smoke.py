@@ -64,13 +64,15 @@ def test_soak_smoke(tmp_path: Path) -> None:
 
 
 def test_fanout_smoke(tmp_path: Path) -> None:
-    """bench/fanout.py --smoke exits 0; the disk is probed; every server, the y-websocket reference too, delivers every update; ratios are named."""
-    result = run_bench("fanout.py", "--smoke", "--json", str(tmp_path / "fanout.json"))
+    """bench/fanout.py --smoke --cluster exits 0; the disk is probed; every server, y-websocket and the clusters too, delivers every update; ratios are named."""
+    result = run_bench("fanout.py", "--smoke", "--cluster", "--json", str(tmp_path / "fanout.json"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"^disk: \d+ syncs of 4 KiB .* p99 \d+\.\d+ ms .* of the time stalled$", result.stdout, re.MULTILINE), result.stdout
-    servers = ("relay", "floor", "loopsync", "loopsync-memory", "yjs")
+    servers = ("relay", "floor", "loopsync", "loopsync-memory", "yjs", "cluster", "cluster-2")
     for kind in servers:
-        assert re.search(rf"^  {kind} +\d+ conns .*\((\d+)/\1\) .*errors 0$", result.stdout, re.MULTILINE), result.stdout
+        assert re.search(rf"^  {kind} +\d+ conns .*\((\d+)/\1\) .*errors 0", result.stdout, re.MULTILINE), result.stdout
+    for kind in ("cluster", "cluster-2"):  # PostgreSQL's and Redis's own CPU, started for the run
+        assert re.search(rf"^  {kind} +.*errors 0  postgres \d+\.\d µs/delivery  redis \d+\.\d µs/delivery$", result.stdout, re.MULTILINE), result.stdout
     for kind in servers[1:]:
         assert re.search(rf"{kind} / relay throughput: \d+\.\d+", result.stdout), result.stdout
     figures = json.loads((tmp_path / "fanout.json").read_text())
