@@ -303,8 +303,8 @@ def test_server_process_starts_a_kind_measures_it_and_starts_again_on_its_port()
         server.start()
         assert (server.port, server.data_dir, server.starts) == (port, data_dir, 2)
     assert server.process is not None and server.process.poll() is not None
-    with pytest.raises(ValueError, match="unknown server kind 'cluster'"):
-        harness.ServerProcess("cluster")
+    with pytest.raises(ValueError, match="unknown server kind 'cluster-9'"):
+        harness.ServerProcess("cluster-9")
 
 
 def test_send_times_are_shared_by_every_process_that_maps_the_file() -> None:
