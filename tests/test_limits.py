@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -332,6 +333,11 @@ def test_at_the_descriptor_limit_new_connections_are_cut_and_the_server_goes_on(
         sockets = []
         for _ in range(200):
             sockets.append(socket.create_connection(("127.0.0.1", port), timeout=TIME_UNIT))
+        # The kernel completes handshakes before the server accepts them (backlog 1,024): hold every
+        # connection open until the server has reached its limit, or a slow server sees only closed ones.
+        deadline = time.monotonic() + 10 * TIME_UNIT
+        while "at the connection limit" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         for sock in sockets:
             sock.close()
         with socket.create_connection(("127.0.0.1", port), timeout=5 * TIME_UNIT) as sock:
