@@ -130,11 +130,47 @@ def test_presence_is_a_table_then_changes() -> None:
 def test_presence_changes_are_cut_into_messages_of_a_limit() -> None:
     """At most ``limit`` entries per message; the rest wait for the next one, oldest first."""
     room = Room("demo")
-    for index in range(5):
+    for index in range(8):
         room.join(str(index), f"u{index}", False, None)
+    room.take_presence_changes(64)
+    for index in range(5):
+        room.set_transport(str(index), True, None)
     first = json.loads(room.take_presence_changes(3) or b"")
     second = json.loads(room.take_presence_changes(3) or b"")
     assert [e["id"] for e in first["changed"]] == ["0", "1", "2"] and [e["id"] for e in second["changed"]] == ["3", "4"]
+
+
+def test_more_changes_than_the_table_send_the_table() -> None:
+    """Members coming and going faster than the limit: the next message is the whole table, and nothing is left waiting."""
+    room = Room("demo")
+    room.join("stay", "alice", False, None)
+    room.take_presence_changes(64)
+    for index in range(100):
+        room.join(f"c{index}", "bob", False, None)
+        room.presence_table(f"c{index + 1}")  # another joiner heard of it: its leaving must be told
+    for index in range(99):
+        room.leave(f"c{index}")
+    assert json.loads(room.take_presence_changes(64) or b"") == {"type": "presence", "users": [
+        {"id": "stay", "user": "alice", "playing": False, "bpm": None}, {"id": "c99", "user": "bob", "playing": False, "bpm": None}]}
+    assert room.take_presence_changes(64) is None
+
+
+def test_a_joiner_that_leaves_unheard_of_leaves_nothing_to_tell() -> None:
+    """Its own table does not announce a joiner; a table another joiner got does."""
+    room = Room("demo")
+    room.join("stay", "alice", False, None)
+    room.take_presence_changes(64)
+    room.join("quick", "bob", False, None)
+    room.presence_table("quick")
+    room.leave("quick")
+    assert room.take_presence_changes(64) is None
+    room.join("seen", "bob", False, None)
+    room.presence_table("seen")
+    room.join("other", "carol", False, None)
+    room.presence_table("other")
+    room.leave("seen")
+    message = json.loads(room.take_presence_changes(64) or b"")
+    assert message["left"] == ["seen"] and [e["id"] for e in message["changed"]] == ["other"]
 
 
 def test_apply_and_the_document_follow_committed_records() -> None:

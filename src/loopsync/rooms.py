@@ -21,7 +21,10 @@ records, so the room never shows what a crash could still take back.
 
 from __future__ import annotations
 
+import bisect
 from typing import Any, Final, NamedTuple, Union
+
+import orjson
 
 from .document import DEFAULT_STEPS, Invalid, Part, check_part
 from .protocol import FREE_SEQS, MAX_SEQ_STEP, Update, document_json, presence_changes, presence_entry, presence_table
@@ -73,7 +76,7 @@ Outcome = Union[list[Accepted], Invalid]
 class Member:
     """One connection's presence in a room."""
 
-    __slots__ = ("id", "user", "playing", "bpm", "announced")
+    __slots__ = ("id", "user", "playing", "bpm", "announced", "_json")
 
     def __init__(self, member_id: str, user: str, playing: bool, bpm: float | None) -> None:
         self.id = member_id
@@ -82,15 +85,28 @@ class Member:
         self.bpm = bpm
         self.announced = False
         """Some connection has been told of this member (so its leaving must be told too)."""
+        self._json: bytes | None = None
 
     def entry(self) -> dict[str, Any]:
         return presence_entry(self.id, self.user, self.playing, self.bpm)
+
+    def entry_json(self) -> bytes:
+        """The entry encoded once per change of it: every joiner's table reuses the others' entries."""
+        if self._json is None:
+            self._json = orjson.dumps(self.entry())
+        return self._json
+
+    def set_transport(self, playing: bool, bpm: float | None) -> None:
+        self.playing = playing
+        if bpm is not None:
+            self.bpm = bpm
+        self._json = None
 
 
 class Room:
     """Committed Shared Data of one room, and who is connected to it."""
 
-    __slots__ = ("name", "steps", "revision", "records", "members", "_users", "_document", "_table", "_changes")
+    __slots__ = ("name", "steps", "revision", "records", "members", "_users", "_order", "_document", "_table", "_changes")
 
     def __init__(self, name: str, record: RoomRecord | None = None, steps: int = DEFAULT_STEPS) -> None:
         self.name = name
@@ -101,6 +117,8 @@ class Room:
         self.members: dict[str, Member] = {}
         self._users: dict[str, int] = {}
         """Connected users and how many connections each has."""
+        self._order: list[tuple[str, str]] = []
+        """(user, member id) of every member, kept sorted: the presence table's order without a sort per joiner."""
         self._document: bytes | None = None
         self._table: bytes | None = None
         self._changes: dict[str, Member | None] = {}
@@ -153,6 +171,7 @@ class Room:
             return Invalid("room_full", f"room {self.name!r} has {MAX_USERS} users connected already")
         member = self.members[member_id] = Member(member_id, user, playing, bpm)
         users[user] = users.get(user, 0) + 1
+        bisect.insort(self._order, (user, member_id))
         self._changes[member_id] = member
         self._table = None
         return None
@@ -166,6 +185,7 @@ class Room:
         users[member.user] -= 1
         if not users[member.user]:
             del users[member.user]
+        del self._order[bisect.bisect_left(self._order, (member.user, member_id))]
         if member.announced:
             self._changes[member_id] = None
         else:
@@ -177,9 +197,7 @@ class Room:
         member = self.members[member_id]
         if member.playing == playing and (bpm is None or member.bpm == bpm):
             return False
-        member.playing = playing
-        if bpm is not None:
-            member.bpm = bpm
+        member.set_transport(playing, bpm)
         self._changes[member_id] = member
         self._table = None
         return True
@@ -188,12 +206,18 @@ class Room:
         """Users with at least one connection to the room (and how many connections each has)."""
         return self._users
 
-    def presence_table(self) -> bytes:
-        """The whole presence table (a joiner's first presence message); everyone in it counts as told."""
+    def presence_table(self, reader: str | None = None) -> bytes:
+        """The whole presence table, for member ``reader`` (a joiner, one that was behind) or for all (``None``).
+
+        Everyone in it but the reader counts as told: a joiner that leaves
+        before anyone else heard of it leaves no ``left`` behind.
+        """
+        for member_id, change in self._changes.items():  # every member not among the changes was told already
+            if change is not None and member_id != reader:
+                change.announced = True
         if self._table is None:
-            for member in self.members.values():
-                member.announced = True
-            self._table = presence_table(member.entry() for member in sorted(self.members.values(), key=_by_user))
+            members = self.members
+            self._table = presence_table(members[member_id].entry_json() for _, member_id in self._order)
         return self._table
 
     @property
@@ -202,9 +226,19 @@ class Room:
         return bool(self._changes)
 
     def take_presence_changes(self, limit: int) -> bytes | None:
-        """The next presence changes message (at most ``limit`` entries, oldest changes first), or ``None``."""
+        """The next presence changes message (at most ``limit`` entries, oldest changes first), or ``None``.
+
+        When more than ``limit`` changes wait and the table is no longer than
+        them, it is the whole table instead: one message says it all, and
+        what waits stays bounded by the room's size however fast members
+        come and go.
+        """
         if not self._changes:
             return None
+        if len(self._changes) > limit and len(self._changes) >= len(self.members):
+            table = self.presence_table()
+            self._changes.clear()
+            return table
         changed: list[dict[str, Any]] = []
         left: list[str] = []
         for member_id in list(self._changes)[:limit]:
@@ -220,10 +254,6 @@ class Room:
     def idle(self) -> bool:
         """Nobody is connected."""
         return not self.members
-
-
-def _by_user(member: Member) -> tuple[str, str]:
-    return member.user, member.id
 
 
 class _Tentative:

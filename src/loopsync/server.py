@@ -341,7 +341,7 @@ class Server:
         """A peer that was behind has read its backlog: send it the presence table it missed."""
         peer = _as_peer(connection)
         if peer.room is not None:
-            peer.send(text_frame(peer.room.room.presence_table()))
+            peer.send(text_frame(peer.room.room.presence_table(peer.presence_id)))
 
     def binary(self, connection: Connection) -> None:
         """loopsync speaks JSON text: a binary message is refused (before hello: not joined)."""
@@ -468,7 +468,7 @@ class Server:
         peer.room = state
         state.peers[peer.id] = peer
         self._send_snapshot(peer)
-        peer.send(text_frame(state.room.presence_table()))
+        peer.send(text_frame(state.room.presence_table(peer.presence_id)))
         self._presence_changed(state)
         if state.held:
             peer.hold_reading()
