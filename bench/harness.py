@@ -16,6 +16,8 @@
   session's workers (:class:`SendTimes`), so every receiver times every
   delivery and every sender its acks, with one clock
   (``CLOCK_MONOTONIC``) for every process of the machine.
+  :class:`Attacker` runs one of ``hostile.py``'s raw-socket attacks (this
+  file as ``--attacker NAME CONFIG``) in a process of its own.
 - **Pages.** Headless Chromium (:func:`chromium`) and loopsync pages in it
   (:func:`new_page`, :func:`open_loopsync`), for the benchmarks that measure
   the web client.
@@ -933,6 +935,157 @@ def run_load(kind: str, rooms: int, per_room: int, period: float, duration: floa
         session.close()
 
 
+# -- the load: attackers (bench/hostile.py) ----------------------------------------------
+
+
+class Attacker:
+    """A raw-socket attack in a process of its own: this file run as ``--attacker NAME CONFIG``.
+
+    NAME is ``churn``, ``half-open`` or ``write-rooms`` (the functions below).
+    The process says ``ready`` once the attack is under way and prints its
+    figures as JSON when it ends.
+    """
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        self.process = subprocess.Popen([sys.executable, __file__, "--attacker", name, json.dumps(config)],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if line.strip() != "ready":
+            self.process.kill()
+            raise RuntimeError(f"the {name} attacker did not start: {line!r}")
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        try:
+            out, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise RuntimeError("an attacker did not finish in time") from None
+        return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _read_until(sock: socket.socket, marker: bytes, buffer: bytes = b"") -> bytes:
+    while marker not in buffer:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"closed before {marker!r}")
+        buffer += data
+    return buffer
+
+
+def churn(config: dict[str, Any]) -> dict[str, Any]:
+    """One client joining a room and leaving as soon as its snapshot comes, again and again until the deadline."""
+    host, port = config["host"], config["port"]
+    hello = json.dumps({"type": "hello", "v": 1, "room": config["room"], "user": config["user"], "playing": True, "bpm": 120}).encode()
+    print("ready", flush=True)
+    deadline, joins, failures = time.monotonic() + config["seconds"], 0, 0
+    while time.monotonic() < deadline and joins + failures < 1_000_000:
+        try:
+            with socket.create_connection((host, port), timeout=5) as sock:
+                sock.sendall(handshake("/ws", f"{host}:{port}"))
+                rest = _read_until(sock, b"\r\n\r\n").split(b"\r\n\r\n", 1)[1]
+                sock.sendall(client_frame(0x1, hello))
+                _read_until(sock, b'"snapshot"', rest)
+                sock.sendall(client_frame(0x8, b"\x03\xe8"))  # close 1000
+            joins += 1
+        except OSError:
+            failures += 1
+    return {"joins": joins, "failures": failures, "seconds": config["seconds"]}
+
+
+class _HalfOpen(asyncio.Protocol):
+    """A connection that never finishes its HTTP request; notes when the server closes it."""
+
+    def __init__(self, closed: list[float], drip: bool, opened: float) -> None:
+        self.closed, self.drip, self.opened = closed, drip, opened
+        self.transport: asyncio.Transport | None = None
+        self.dripped = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # an error page before closing, perhaps: the close is what counts
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.append(time.monotonic() - self.opened)
+
+
+async def half_open(config: dict[str, Any]) -> dict[str, Any]:
+    """``count`` connections that never finish the HTTP handshake, half silent, half dripping a header byte every 0.5 s.
+
+    They stay until the server has closed them all or ``close_within`` seconds
+    have passed, and at least ``seconds``.
+    """
+    loop = asyncio.get_running_loop()
+    request = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    closed: list[float] = []
+    clients: list[_HalfOpen] = []
+    opened = time.monotonic()
+    for number in range(config["count"]):
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (config["host"], config["port"]))
+        _, client = await loop.create_connection(lambda: _HalfOpen(closed, number % 2 == 1, time.monotonic()), sock=sock)
+        clients.append(client)
+    print("ready", flush=True)
+    deadline = opened + max(config["seconds"], config["close_within"])
+    while time.monotonic() < deadline and len(closed) < len(clients):
+        for client in clients:
+            if client.drip and client.transport is not None and not client.transport.is_closing():
+                client.transport.write(request[client.dripped % len(request):][:1])
+                client.dripped += 1
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(max(0.0, opened + config["seconds"] - time.monotonic()))
+    still_open = len(clients) - len(closed)
+    for client in clients:
+        if client.transport is not None:
+            client.transport.abort()
+    ordered = sorted(closed)
+    return {"opened": len(clients), "closed_by_server": len(ordered), "still_open": still_open,
+            "close_p50_s": percentile(ordered, 0.5), "close_max_s": ordered[-1] if ordered else math.nan}
+
+
+async def write_rooms(config: dict[str, Any]) -> dict[str, Any]:
+    """One update in each of ``count`` rooms, each from its own short connection, ``parallel`` at a time, ``rate`` rooms a second."""
+    rooms = iter(enumerate(range(config["first"], config["first"] + config["count"])))
+    deadline = time.monotonic() + config["seconds"]
+    written = errors = 0
+
+    async def writer() -> None:
+        nonlocal written, errors
+        for index, number in rooms:
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(started + index / config["rate"] - time.monotonic())
+            try:
+                reader, stream = await asyncio.open_connection(config["host"], config["port"])
+                stream.write(handshake("/ws", f"{config['host']}:{config['port']}"))
+                await reader.readuntil(b"\r\n\r\n")
+                hello = {"type": "hello", "v": 1, "room": f"idle{number}", "user": "writer", "playing": False, "bpm": 120}
+                stream.write(client_frame(0x1, json.dumps(hello).encode()))
+                stream.write(client_frame(0x1, b'{"type":"update","seq":1,"part":{"sound":"kick","steps":[1,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]}}'))
+                buffer = b""
+                while b'"ack"' not in buffer and b'"error"' not in buffer:
+                    data = await asyncio.wait_for(reader.read(65536), 30)
+                    if not data:
+                        break
+                    buffer += data
+                if b'"ack"' in buffer:
+                    written += 1
+                else:
+                    errors += 1
+                stream.close()
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+                errors += 1
+
+    print("ready", flush=True)
+    started = time.monotonic()
+    await asyncio.gather(*(writer() for _ in range(config["parallel"])))
+    return {"written": written, "errors": errors, "seconds": time.monotonic() - started}
+
+
 # -- figures -----------------------------------------------------------------------
 
 
@@ -1213,16 +1366,25 @@ def write_json(path: Path | None, figures: Any) -> None:
         path.write_text(json.dumps(figures, indent=1))
 
 
-def _worker_main() -> int:
-    parser = argparse.ArgumentParser(description="a load worker process of the benchmarks (started by harness.Session)")
-    parser.add_argument("--worker", required=True, help="its configuration, as JSON")
+def _main() -> int:
+    parser = argparse.ArgumentParser(description="a load process of the benchmarks (started by harness.Session or harness.Attacker)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--worker", metavar="CONFIG", help="a load worker, its configuration as JSON")
+    what.add_argument("--attacker", nargs=2, metavar=("NAME", "CONFIG"), help="an attacker (churn, half-open, write-rooms), its configuration as JSON")
     args = parser.parse_args()
+    if args.attacker and args.attacker[0] == "churn":  # blocking sockets, no event loop
+        print(json.dumps(churn(json.loads(args.attacker[1]))), flush=True)
+        return 0
     from loopsync.server import event_loop_factory
 
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(Worker(json.loads(args.worker)).serve())
+        if args.worker:
+            runner.run(Worker(json.loads(args.worker)).serve())
+        else:
+            attack = {"half-open": half_open, "write-rooms": write_rooms}[args.attacker[0]]
+            print(json.dumps(runner.run(attack(json.loads(args.attacker[1])))), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_worker_main())
+    sys.exit(_main())
