@@ -152,9 +152,15 @@ def process_tree(pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """CPU time a process has used so far, all its threads: (in user space, in the kernel)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+    """CPU time a process and every process below it have used so far, all threads: (in user space, in the kernel)."""
+    user = system = 0
+    for process in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        user, system = user + int(fields[11]), system + int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 def rss_bytes(pid: int) -> int:
@@ -272,27 +278,11 @@ class ServerProcess:
 
     def service_cpu_seconds(self) -> dict[str, float]:
         """CPU time each service has used so far (all its processes, user space and kernel)."""
-        used = {}
-        for name, service in self.services.items():
-            total = 0.0
-            for pid in process_tree(service.process.pid) if service.running else []:
-                try:
-                    total += sum(cpu_seconds(pid))
-                except OSError:
-                    continue
-            used[name] = total
-        return used
+        return {name: sum(cpu_seconds(service.process.pid)) if service.running else 0.0 for name, service in self.services.items()}
 
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU time the server has used so far, all its threads and processes: (in user space, in the kernel)."""
-        user = system = 0.0
-        for pid in process_tree(self.pid):
-            try:
-                process_user, process_system = cpu_seconds(pid)
-            except OSError:
-                continue
-            user, system = user + process_user, system + process_system
-        return user, system
+        return cpu_seconds(self.pid)
 
     def rss_bytes(self) -> int:
         return sum(rss_bytes(pid) for pid in process_tree(self.pid))
