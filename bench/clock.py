@@ -365,8 +365,8 @@ def svg_plot(figures: list[Figures], condition: str = "block300") -> str:
             x = x_at(step * figure.frames_per_step / figure.sample_rate)
             svg.add(f'<circle cx="{x:.1f}" cy="{y_of(error / figure.sample_rate * 1000):.1f}" r="{radius}" fill="{colour}"/>')
         for step in figure.missing_steps:
-            x = x_at(step * figure.frames_per_step / figure.sample_rate)
-            svg.add(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{svg.top + svg.plot_h - 7:.1f}" y2="{svg.top + svg.plot_h:.1f}" stroke="#d62728"/>')
+            x, bottom = x_at(step * figure.frames_per_step / figure.sample_rate), svg.top + svg.plot_h
+            svg.add(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{bottom - 7:.1f}" y2="{bottom:.1f}" stroke="#d62728"/>')
         svg.legend(34 + 16 * row, colour,
                    f"{figure.page}: {figure.found} of {figure.expected} steps heard, max error {figure.max_error} samples"
                    f" ({figure.max_error / figure.sample_rate * 1000:.1f} ms)"

@@ -1284,7 +1284,8 @@ def ramp_svg(rows: list[dict[str, Any]], budget_ms: float = 20.0) -> str:
     budget_y = y_of(budget_ms)
     svg.add(f'<line x1="{svg.left}" x2="{svg.width - svg.right}" y1="{budget_y:.1f}" y2="{budget_y:.1f}" stroke="#d62728"'
             ' stroke-dasharray="5,4"/>')
-    svg.add(f'<text x="{svg.width - svg.right - 4}" y="{budget_y - 5:.1f}" text-anchor="end" fill="#d62728">p99 budget {budget_ms:g} ms</text>')
+    svg.add(f'<text x="{svg.width - svg.right - 4}" y="{budget_y - 5:.1f}" text-anchor="end" fill="#d62728">'
+            f'p99 budget {budget_ms:g} ms</text>')
     for value in range(0, int(x_max) + 1, 10_000 if x_max <= 100_000 else 20_000):
         svg.x_tick(x_of(value), f"{value // 1000}k")
     svg.axes("deliveries per second (rooms of 4, 10 updates/s per client); a ring marks each server's limit", "p99 (ms)")
@@ -1360,7 +1361,8 @@ def _main() -> int:
     parser = argparse.ArgumentParser(description="a load process of the benchmarks (started by harness.Session or harness.Attacker)")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--worker", metavar="CONFIG", help="a load worker, its configuration as JSON")
-    what.add_argument("--attacker", nargs=2, metavar=("NAME", "CONFIG"), help="an attacker (churn, half-open, write-rooms), its configuration as JSON")
+    what.add_argument("--attacker", nargs=2, metavar=("NAME", "CONFIG"),
+                      help="an attacker (churn, half-open, write-rooms), its configuration as JSON")
     args = parser.parse_args()
     if args.attacker and args.attacker[0] == "churn":  # blocking sockets, no event loop
         print(json.dumps(churn(json.loads(args.attacker[1]))), flush=True)
