@@ -1,70 +1,45 @@
 """Clock accuracy: the loopsync web client against a main-thread lookahead scheduler, same machine, same run.
 
-In headless Chromium, two pages play sixteenths at 120 BPM (5512.5 frames per
-step at 44.1 kHz, so rounding matters) of one short sharp sound (the client's
-own ``hat``: its first sample is non-zero, its tail exact zeros):
+In headless Chromium two pages play sixteenths at 120 BPM (5512.5 frames per
+step at 44.1 kHz, so rounding matters) of the client's ``hat`` (its first
+sample non-zero, its tail exact zeros):
 
-- ``loopsync``: the web client served by a real ``loopsync serve`` (memory
-  store), its own part all 16 steps; the clock runs on the audio thread
-  (``src/loopsync/web/clock-processor.js``);
-- ``baseline``: ``bench/clock_baseline.html``, the usual "A Tale of Two
-  Clocks" scheduler: a ``setTimeout`` every 25 ms schedules, on the audio
-  timeline, every step of the next 100 ms as an ``AudioBufferSourceNode``
-  (the same hat, rendered by the client's ``voices.js``), at the same frames
-  ``start + round(n * framesPerStep)``.
+- ``loopsync``: the web client of a real ``loopsync serve`` (memory store),
+  its clock on the audio thread (``src/loopsync/web/clock-processor.js``);
+- ``baseline``: ``bench/clock_baseline.html``, "A Tale of Two Clocks": a
+  ``setTimeout`` every 25 ms schedules the next 100 ms of steps, the same hat
+  at the same frames ``start + round(n * framesPerStep)``.
 
-Each page plays under three conditions, its main thread:
+Each page plays with its main thread ``idle``, busy 300 ms every second
+(phased so that every sync moment of the loopsync page falls in a block), and
+busy once for 2 s. One recorder worklet (``tests/browser/onset_recorder.js``)
+finds the onsets of both, and one analysis (``analyse``) fits only the grid's
+origin (the first onset): an onset belongs to step n if it falls in
+[grid(n) - 1/4 step, grid(n) + 3/4 step); the error is onset - grid(n) in
+samples, the drift the least-squares slope of the errors in ppm. The
+reference is the audio clock itself: what is measured is whether each page
+puts its steps on the frames it means to, not the device's rate.
 
-- ``idle``: left alone;
-- ``block 300 ms/1 s``: busy 300 ms every second (from 1.75 s after play,
-  phased so that every sync moment of the loopsync page falls in a block);
-- ``one 2 s block``: busy once for 2 s, a third of the way through.
-
-Both pages record what reaches the destination with the same recorder
-``AudioWorklet`` (``tests/browser/onset_recorder.js``: it counts its own
-frames; an onset is the first non-zero sample after at least 64 exact zeros)
-and go through the same analysis (``analyse``):
-
-- the grid: origin + round(n * framesPerStep) for n = 0 .. steps - 1, where
-  the origin is the first recorded onset (the only thing fitted); steps is
-  seconds x 8;
-- an onset belongs to step n if it falls in [grid(n) - 1/4 step,
-  grid(n) + 3/4 step) (a scheduler can only be late); a step with no onset
-  is missing, a second onset in a step's window is extra;
-- error: onset - grid(n) in samples (max of |error|, standard deviation);
-- drift: the slope of a least-squares line through error against grid
-  position, in ppm (parts per million of elapsed frames).
-
-The reference is the audio clock itself (the frames the recorder counts):
-what is measured is whether each page puts its steps on the frames it means
-to, not the output device's rate against the wall clock.
-
-By default the six page x condition runs play at once, 60 s each, in one
-Chromium (each page in its own browser context, hence its own renderer
-process and main thread): about 70 s in all, on a machine that then
-also carries the busy loops of the blocked pages (two pages spinning 30 % of the
-time, one for 2 s). ``--serial`` runs one condition at a time (its two pages
-side by side: about 3 minutes; the same figures). ``--seconds`` sets the length of each run,
-``--long`` plays 10 minutes.
+The six runs play at once by default, each page in its own browser context
+(its own renderer and main thread); ``--serial`` plays one condition at a time.
 
 Usage::
 
-    python bench/clock.py                    # 60 s per run, all at once
-    python bench/clock.py --serial           # one condition at a time
+    python bench/clock.py                    # 60 s per run, all at once: about 70 s
+    python bench/clock.py --serial           # one condition at a time: about 3 minutes
     python bench/clock.py --long             # 600 s per run
     python bench/clock.py --smoke            # 4 s per run
     python bench/clock.py --seconds 5 --json clock.json --plot clock.png
 
-Prints a table. Exit code 0 when the loopsync page met the target in every
-condition (0 missing, 0 extra, max error <= 1 sample, no drift: the
-fitted line moves less than one sample over the run); 1
-otherwise. The baseline's figures are reported, not judged.
+Exit code 0 when the loopsync page met the target in every condition (0
+missing, 0 extra, max error <= 1 sample, the drift line moving less than one
+sample over the run); 1 otherwise. The baseline's figures are reported, not
+judged.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -73,15 +48,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Browser, BrowserContext, Page, Route, sync_playwright
+from playwright.sync_api import Browser, Route
 
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (bench/harness.py)
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-RECORDER = ROOT / "tests" / "browser" / "onset_recorder.js"
+RECORDER = harness.ROOT / "tests" / "browser" / "onset_recorder.js"
 
 BPM = 120
 STEPS_PER_BEAT = 4
@@ -93,8 +66,6 @@ BLOCK_PHASE_SECONDS = 1.75
 """Blocks start this long after play: the 16th step of the first 2 s loop, just before its sync moment."""
 TAIL_SECONDS = 0.5
 """Recorded past the last step's window before the recorder is read."""
-
-CHROMIUM_ARGS = harness.CHROMIUM_ARGS
 
 PAGES = ("loopsync", "baseline")
 
@@ -171,13 +142,8 @@ def analyse(onsets: list[int], steps: int, frames_per_step: float, sample_rate: 
     errors = sorted(found.items())
     values = [error for _, error in errors]
     drift = 0.0
-    if len(errors) >= 2:
-        xs = [js_round(step * frames_per_step) for step, _ in errors]
-        mean_x = statistics.fmean(xs)
-        mean_y = statistics.fmean(values)
-        spread = sum((x - mean_x) ** 2 for x in xs)
-        if spread > 0:
-            drift = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, values)) / spread * 1e6
+    if len(errors) >= 2:  # least squares: the error's slope against the grid position, per million frames
+        drift = statistics.linear_regression([js_round(step * frames_per_step) for step, _ in errors], values).slope * 1e6
     return Figures(
         page=page, condition=condition, expected=steps, found=len(found), missing=steps - len(found), extra=extra,
         off_grid=sum(1 for value in values if abs(value) > 1),
@@ -242,21 +208,12 @@ class Run:
 
     def __init__(self, browser: Browser, server_url: str, page_kind: str, condition: Condition, seconds: float,
                  room_prefix: str = "clock") -> None:
-        self.kind = page_kind
-        self.condition = condition
-        self.seconds = seconds
+        self.kind, self.condition, self.seconds = page_kind, condition, seconds
         self.steps = int(seconds * BPM / 60 * STEPS_PER_BEAT)
         self.errors: list[str] = []
-        self.context: BrowserContext = browser.new_context()
-        self.page: Page = self.context.new_page()
-        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
-        self.page.on("console", lambda message: self.errors.append(message.text) if message.type == "error"
-                     and "favicon" not in message.text else None)
+        self.page = harness.new_page(browser, self.errors)
         if page_kind == "loopsync":
-            self.page.goto(f"{server_url}?room={room_prefix}-{condition.name}&user=bench&bpm={BPM}")
-            self.page.wait_for_function(
-                "() => window.loopsync && window.loopsync.app.engine.node && window.loopsync.sync.connected",
-                timeout=30_000)
+            harness.open_loopsync(self.page, f"{server_url}?room={room_prefix}-{condition.name}&user=bench&bpm={BPM}")
             self.page.select_option("#sound", SOUND)
             self.page.evaluate("() => { for (let step = 0; step < 16; step++) window.loopsync.toggleStep(step); }")
         else:
@@ -268,9 +225,6 @@ class Run:
         self.frames_per_step = self.sample_rate * 60 / BPM / STEPS_PER_BEAT
         self.first_step_time = 0.0
         """audio time of the first step (exact for the baseline, to a few ms for loopsync)"""
-        self.blocks: list[list[float]] = []
-        """[audio time at its start, seconds] of every block"""
-        self.baseline_stats: dict[str, Any] = {}
 
     @property
     def end_time(self) -> float:
@@ -301,40 +255,36 @@ class Run:
     def finish(self) -> Figures:
         blocks = self.page.evaluate("() => { clearTimeout(window.benchBlocker); return window.benchBlocks; }")
         run_seconds = self.steps * self.frames_per_step / self.sample_rate
-        self.blocks = [block for block in blocks if block[0] - self.first_step_time < run_seconds]  # not the tail's
+        blocks = [block for block in blocks if block[0] - self.first_step_time < run_seconds]  # not the tail's
         recorded = self.page.evaluate(FLUSH_RECORDER)
+        figures = analyse(recorded["onsets"], self.steps, self.frames_per_step, self.sample_rate, self.kind, self.condition.name)
+        figures.notes = {
+            "blocks": len(blocks), "blocked_ms": round(sum(length for _, length in blocks) * 1000),
+            # [start, seconds] of each block, from the first step (audio time, to a few ms)
+            "block_times": [[round(start - self.first_step_time, 3), round(length, 3)] for start, length in blocks],
+            "peak": recorded["peak"], "recorded_frames": recorded["frame"], "page_errors": self.errors,
+        }
         if self.kind == "baseline":
-            self.baseline_stats = self.page.evaluate("() => { window.baseline.stop(); return window.baseline.stats(); }")
+            stats = self.page.evaluate("() => { window.baseline.stop(); return window.baseline.stats(); }")
+            figures.notes.update(scheduled_late=stats["late"], max_late_ms=round(stats["maxLateSeconds"] * 1000, 1))
         else:
             self.page.evaluate("() => window.loopsync.pause()")
-        figures = analyse(recorded["onsets"], self.steps, self.frames_per_step, self.sample_rate,
-                          self.kind, self.condition.name)
-        figures.notes = {
-            "blocks": len(self.blocks), "blocked_ms": round(sum(length for _, length in self.blocks) * 1000),
-            # [start, seconds] of each block, from the first step (audio time, to a few ms)
-            "block_times": [[round(start - self.first_step_time, 3), round(length, 3)] for start, length in self.blocks],
-            "peak": recorded["peak"],
-            "recorded_frames": recorded["frame"], "page_errors": self.errors,
-        }
-        if self.baseline_stats:
-            figures.notes["scheduled_late"] = self.baseline_stats["late"]
-            figures.notes["max_late_ms"] = round(self.baseline_stats["maxLateSeconds"] * 1000, 1)
-        self.context.close()
+        self.page.context.close()
         return figures
 
 
 def _serve_bench_file(route: Route) -> None:
+    """The baseline's page and script, from bench/ but at the server's origin (so it imports the client's voices.js)."""
     name = route.request.url.split("?", 1)[0].rsplit("/", 1)[-1]
-    path = BENCH / name
-    if name not in ("clock_baseline.html", "clock_baseline.js") or not path.is_file():
+    if name not in ("clock_baseline.html", "clock_baseline.js"):
         route.fulfill(status=404, body="not found\n")
         return
-    content_type = "text/html" if name.endswith(".html") else "text/javascript"
-    route.fulfill(status=200, body=path.read_text(), content_type=content_type, headers={"Cache-Control": "no-cache"})
+    route.fulfill(status=200, body=(harness.BENCH / name).read_text(), headers={"Cache-Control": "no-cache"},
+                  content_type="text/html" if name.endswith(".html") else "text/javascript")
 
 
-def run_group(browser: Browser, server_url: str, conditions: tuple[Condition, ...], seconds: float,
-              room_prefix: str = "clock") -> list[Figures]:
+def _run_group(browser: Browser, server_url: str, conditions: tuple[Condition, ...], seconds: float,
+               room_prefix: str) -> list[Figures]:
     """Both pages under every given condition, all at once; returns their figures."""
     runs = [Run(browser, server_url, kind, condition, seconds, room_prefix)
             for condition in conditions for kind in PAGES]
@@ -354,15 +304,11 @@ def run_group(browser: Browser, server_url: str, conditions: tuple[Condition, ..
 def run_all(browser: Browser, server_url: str, seconds: float, serial: bool = False,
             conditions: tuple[Condition, ...] = CONDITIONS, room_prefix: str = "clock") -> list[Figures]:
     """Every page x condition: at once, or one condition (two pages) at a time."""
-    if not serial:
-        return run_group(browser, server_url, conditions, seconds, room_prefix)
-    figures: list[Figures] = []
-    for condition in conditions:
-        figures += run_group(browser, server_url, (condition,), seconds, room_prefix)
-    return figures
+    groups = [(condition,) for condition in conditions] if serial else [conditions]
+    return [figure for group in groups for figure in _run_group(browser, server_url, group, seconds, room_prefix)]
 
 
-# -- server, report ----------------------------------------------------------------
+# -- report --------------------------------------------------------------------------
 
 
 def table(figures: list[Figures]) -> str:
@@ -389,64 +335,43 @@ def table(figures: list[Figures]) -> str:
 def svg_plot(figures: list[Figures], condition: str = "block300") -> str:
     """Onset error (ms) over time of both pages under one condition: blocks shaded, missing steps as red ticks."""
     chosen = sorted((figure for figure in figures if figure.condition == condition), key=lambda f: f.page != "baseline")
-    width, height, left, right, top, bottom = 760, 320, 60, 20, 62, 45
-    plot_w, plot_h = width - left - right, height - top - bottom
+    label = {item.name: item.label for item in CONDITIONS}.get(condition, condition)
+    svg = harness.Svg(760, 320, 60, 20, 62, 45, f"Onset error against the ideal grid, main thread: {label} (bench/clock.py)")
     seconds = max(figure.expected * figure.frames_per_step / figure.sample_rate for figure in chosen)
     errors_ms = [error / figure.sample_rate * 1000 for figure in chosen for _, error in figure.errors]
     y_max = max(10.0, math.ceil(max(errors_ms, default=0) / 10) * 10)
     y_min = -y_max / 10
 
     def x_at(time_s: float) -> float:
-        return left + plot_w * min(max(time_s, 0.0), seconds) / seconds
+        return svg.left + svg.plot_w * min(max(time_s, 0.0), seconds) / seconds
 
     def y_of(ms: float) -> float:
-        return top + plot_h * (y_max - ms) / (y_max - y_min)
+        return svg.top + svg.plot_h * (y_max - ms) / (y_max - y_min)
 
-    label = {item.name: item.label for item in CONDITIONS}.get(condition, condition)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-           f'font-size="12">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{left}" y="18" font-size="14">Onset error against the ideal grid, main thread: {label} '
-           f'(bench/clock.py)</text>']
     baseline = next((figure for figure in chosen if figure.page == "baseline"), chosen[0])
     for start, length in baseline.notes.get("block_times", []):
         x0, x1 = x_at(start), x_at(start + length)
-        out.append(f'<rect x="{x0:.1f}" y="{top}" width="{max(0.5, x1 - x0):.1f}" height="{plot_h}" fill="#eee"/>')
-    y_step = max(10, int(y_max) // 5 // 10 * 10)
-    for tick in range(0, int(y_max) + 1, y_step):
-        y = y_of(tick)
-        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ccc" '
-                   f'stroke-dasharray="2,3"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{tick}</text>')
-    x_step = max(1, math.ceil(seconds / 12 / 5) * 5) if seconds > 12 else 1
-    for tick in range(0, int(seconds) + 1, x_step):
-        out.append(f'<text x="{x_at(tick):.1f}" y="{height - bottom + 16}" text-anchor="middle">{tick}</text>')
-    out.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">time since the first step (s); '
-               f'grey: main thread blocked</text>')
-    out.append(f'<text x="14" y="{top + plot_h / 2}" transform="rotate(-90 14 {top + plot_h / 2})" '
-               f'text-anchor="middle">error (ms)</text>')
-    out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="black"/>')
-    out.append(f'<line x1="{left}" x2="{width - right}" y1="{y_of(0):.1f}" y2="{y_of(0):.1f}" stroke="black"/>')
+        svg.add(f'<rect x="{x0:.1f}" y="{svg.top}" width="{max(0.5, x1 - x0):.1f}" height="{svg.plot_h}" fill="#eee"/>')
+    for tick in range(0, int(y_max) + 1, max(10, int(y_max) // 5 // 10 * 10)):
+        svg.y_tick(y_of(tick), str(tick))
+    for tick in range(0, int(seconds) + 1, max(1, math.ceil(seconds / 12 / 5) * 5) if seconds > 12 else 1):
+        svg.x_tick(x_at(tick), str(tick))
+    svg.axes("time since the first step (s); grey: main thread blocked", "error (ms)", x_axis_y=y_of(0))
     colours = {"loopsync": "#1f77b4", "baseline": "#ff7f0e"}
     for row, figure in enumerate(chosen):
         colour = colours.get(figure.page, "black")
         radius = 1.6 if figure.page == "loopsync" else 2.2
         for step, error in figure.errors:
             x = x_at(step * figure.frames_per_step / figure.sample_rate)
-            out.append(f'<circle cx="{x:.1f}" cy="{y_of(error / figure.sample_rate * 1000):.1f}" r="{radius}" '
-                       f'fill="{colour}"/>')
+            svg.add(f'<circle cx="{x:.1f}" cy="{y_of(error / figure.sample_rate * 1000):.1f}" r="{radius}" fill="{colour}"/>')
         for step in figure.missing_steps:
-            x = x_at(step * figure.frames_per_step / figure.sample_rate)
-            y = top + plot_h
-            out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{y - 7:.1f}" y2="{y:.1f}" stroke="#d62728"/>')
-        text = (f"{figure.page}: {figure.found} of {figure.expected} steps heard, max error {figure.max_error} samples"
-                f" ({figure.max_error / figure.sample_rate * 1000:.1f} ms)"
-                + (f", {figure.missing} missing (red ticks)" if figure.missing else ""))
-        y = 34 + 16 * row
-        out.append(f'<circle cx="{left + 4}" cy="{y - 4}" r="4" fill="{colour}"/>')
-        out.append(f'<text x="{left + 14}" y="{y}">{text}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+            x, bottom = x_at(step * figure.frames_per_step / figure.sample_rate), svg.top + svg.plot_h
+            svg.add(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{bottom - 7:.1f}" y2="{bottom:.1f}" stroke="#d62728"/>')
+        svg.legend(34 + 16 * row, colour,
+                   f"{figure.page}: {figure.found} of {figure.expected} steps heard, max error {figure.max_error} samples"
+                   f" ({figure.max_error / figure.sample_rate * 1000:.1f} ms)"
+                   + (f", {figure.missing} missing (red ticks)" if figure.missing else ""))
+    return str(svg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,27 +383,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every figure (and each onset's error) to this file")
     parser.add_argument("--plot", type=Path, help="plot the onset errors under the 300 ms blocks to this .svg or .png "
                         "(a PNG is the SVG rendered by the same Chromium)")
-    parser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium binary")
+    parser.add_argument("--chromium", default=harness.CHROMIUM, help="the Chromium binary")
     args = parser.parse_args(argv)
     seconds = (args.seconds if args.seconds is not None else SMOKE_SECONDS if args.smoke
                else LONG_SECONDS if args.long else DEFAULT_SECONDS)
     if seconds < 4:
         parser.error("--seconds must be at least 4")
     started = time.monotonic()
-    with sync_playwright() as playwright, harness.ServerProcess("loopsync-memory") as server:
-        browser = playwright.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
+    with harness.ServerProcess("loopsync-memory") as server, harness.chromium(args.chromium) as browser:
         version = browser.version
-        try:
-            figures = run_all(browser, server.http_urls[0], seconds, serial=args.serial)
-            if args.plot:
-                harness.write_svg(svg_plot(figures), args.plot, browser=browser)
-        finally:
-            browser.close()
-    elapsed = time.monotonic() - started
+        figures = run_all(browser, server.http_urls[0], seconds, serial=args.serial)
+        if args.plot:
+            harness.write_svg(svg_plot(figures), args.plot, browser=browser)
     mode = "one condition at a time" if args.serial else "all six runs at once"
     print(f"clock accuracy: {seconds:g} s per run, sixteenths at {BPM} BPM "
           f"({figures[0].frames_per_step:g} frames per step at {figures[0].sample_rate:g} Hz), {mode}, "
-          f"Chromium {version}, {elapsed:.0f} s in all")
+          f"Chromium {version}, {time.monotonic() - started:.0f} s in all")
     print(table(figures))
     for figure in figures:
         if figure.page == "baseline" and figure.notes.get("scheduled_late"):
@@ -486,9 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"(up to {figure.notes['max_late_ms']} ms late; counted until the recording was read)")
         if figure.notes.get("page_errors"):
             print(f"{figure.page}, {figure.condition}: page errors: {figure.notes['page_errors']}")
-    if args.json:
-        args.json.write_text(json.dumps({"seconds": seconds, "serial": args.serial, "chromium": version,
-                                         "runs": [asdict(figure) for figure in figures]}, indent=1))
+    harness.write_json(args.json, {"seconds": seconds, "serial": args.serial, "chromium": version,
+                                   "runs": [asdict(figure) for figure in figures]})
     ok = all(figure.meets_target for figure in figures if figure.page == "loopsync")
     print("loopsync met the target in every condition" if ok else "loopsync MISSED the target")
     return 0 if ok else 1

@@ -16,8 +16,14 @@
   session's workers (:class:`SendTimes`), so every receiver times every
   delivery and every sender its acks, with one clock
   (``CLOCK_MONOTONIC``) for every process of the machine.
+  :class:`Attacker` runs one of ``hostile.py``'s raw-socket attacks (this
+  file as ``--attacker NAME CONFIG``) in a process of its own.
+- **Pages.** Headless Chromium (:func:`chromium`) and loopsync pages in it
+  (:func:`new_page`, :func:`open_loopsync`), for the benchmarks that measure
+  the web client.
 - **Figures.** Percentiles, CPU per delivery, the disk probe, the ramp's
-  search for a server's limit, and the ramp's plot.
+  search for a server's limit, plots (:class:`Svg`), the largest RSS and
+  descriptor count under load (:class:`Sampler`), and the JSON file.
 
 Adding a server kind is adding a :class:`Kind` to :data:`KINDS`; a ready
 line that names several URLs (a cluster's nodes) spreads every room's
@@ -42,10 +48,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generator, cast
+from typing import TYPE_CHECKING, Any, Generator, Iterator, cast
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -53,6 +64,7 @@ YJS_DIR = BENCH / "yjs"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 START_TIMEOUT_SECONDS = 60
+CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--disable-background-networking",
     "--disable-component-update", "--no-first-run",
@@ -140,9 +152,15 @@ def process_tree(pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """CPU time a process has used so far, all its threads: (in user space, in the kernel)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+    """CPU time a process and every process below it have used so far, all threads: (in user space, in the kernel)."""
+    user = system = 0
+    for process in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        user, system = user + int(fields[11]), system + int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 def rss_bytes(pid: int) -> int:
@@ -260,27 +278,11 @@ class ServerProcess:
 
     def service_cpu_seconds(self) -> dict[str, float]:
         """CPU time each service has used so far (all its processes, user space and kernel)."""
-        used = {}
-        for name, service in self.services.items():
-            total = 0.0
-            for pid in process_tree(service.process.pid) if service.running else []:
-                try:
-                    total += sum(cpu_seconds(pid))
-                except OSError:
-                    continue
-            used[name] = total
-        return used
+        return {name: sum(cpu_seconds(service.process.pid)) if service.running else 0.0 for name, service in self.services.items()}
 
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU time the server has used so far, all its threads and processes: (in user space, in the kernel)."""
-        user = system = 0.0
-        for pid in process_tree(self.pid):
-            try:
-                process_user, process_system = cpu_seconds(pid)
-            except OSError:
-                continue
-            user, system = user + process_user, system + process_system
-        return user, system
+        return cpu_seconds(self.pid)
 
     def rss_bytes(self) -> int:
         return sum(rss_bytes(pid) for pid in process_tree(self.pid))
@@ -298,6 +300,45 @@ def install_yjs() -> None:
     print("installing the y-websocket server into bench/yjs/node_modules (npm ci)", flush=True)
     subprocess.run(["npm", "ci", "--omit=optional", "--no-audit", "--no-fund"], cwd=YJS_DIR, check=True,
                    stdout=subprocess.DEVNULL, timeout=300)
+
+
+# -- pages in headless Chromium ---------------------------------------------------------
+
+JOINED = "() => window.loopsync && window.loopsync.app.engine.node && window.loopsync.sync.connected"
+"""True once a loopsync page's clock exists and its first snapshot has come."""
+
+
+@contextmanager
+def chromium(path: str = CHROMIUM) -> Iterator[Browser]:
+    """Headless Chromium with ``CHROMIUM_ARGS``, closed on the way out."""
+    from playwright.sync_api import sync_playwright  # not in the load workers: they start faster without it
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def new_page(browser: Browser, errors: list[str] | None = None) -> Page:
+    """A page in a browser context of its own: its own renderer process and main thread, like another person's browser.
+
+    Its uncaught exceptions and console errors go to ``errors``.
+    """
+    page = browser.new_context().new_page()
+    if errors is not None:
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda message: errors.append(message.text)
+                if message.type == "error" and "favicon" not in message.text else None)
+    return page
+
+
+def open_loopsync(page: Page, url: str) -> Page:
+    """Load the web client at ``url`` and wait until it has joined its room."""
+    page.goto(url)
+    page.wait_for_function(JOINED, timeout=30_000)
+    return page
 
 
 # -- the load: worker processes -------------------------------------------------------
@@ -884,6 +925,157 @@ def run_load(kind: str, rooms: int, per_room: int, period: float, duration: floa
         session.close()
 
 
+# -- the load: attackers (bench/hostile.py) ----------------------------------------------
+
+
+class Attacker:
+    """A raw-socket attack in a process of its own: this file run as ``--attacker NAME CONFIG``.
+
+    NAME is ``churn``, ``half-open`` or ``write-rooms`` (the functions below).
+    The process says ``ready`` once the attack is under way and prints its
+    figures as JSON when it ends.
+    """
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        self.process = subprocess.Popen([sys.executable, __file__, "--attacker", name, json.dumps(config)],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if line.strip() != "ready":
+            self.process.kill()
+            raise RuntimeError(f"the {name} attacker did not start: {line!r}")
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        try:
+            out, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise RuntimeError("an attacker did not finish in time") from None
+        return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _read_until(sock: socket.socket, marker: bytes, buffer: bytes = b"") -> bytes:
+    while marker not in buffer:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"closed before {marker!r}")
+        buffer += data
+    return buffer
+
+
+def churn(config: dict[str, Any]) -> dict[str, Any]:
+    """One client joining a room and leaving as soon as its snapshot comes, again and again until the deadline."""
+    host, port = config["host"], config["port"]
+    hello = json.dumps({"type": "hello", "v": 1, "room": config["room"], "user": config["user"], "playing": True, "bpm": 120}).encode()
+    print("ready", flush=True)
+    deadline, joins, failures = time.monotonic() + config["seconds"], 0, 0
+    while time.monotonic() < deadline and joins + failures < 1_000_000:
+        try:
+            with socket.create_connection((host, port), timeout=5) as sock:
+                sock.sendall(handshake("/ws", f"{host}:{port}"))
+                rest = _read_until(sock, b"\r\n\r\n").split(b"\r\n\r\n", 1)[1]
+                sock.sendall(client_frame(0x1, hello))
+                _read_until(sock, b'"snapshot"', rest)
+                sock.sendall(client_frame(0x8, b"\x03\xe8"))  # close 1000
+            joins += 1
+        except OSError:
+            failures += 1
+    return {"joins": joins, "failures": failures, "seconds": config["seconds"]}
+
+
+class _HalfOpen(asyncio.Protocol):
+    """A connection that never finishes its HTTP request; notes when the server closes it."""
+
+    def __init__(self, closed: list[float], drip: bool, opened: float) -> None:
+        self.closed, self.drip, self.opened = closed, drip, opened
+        self.transport: asyncio.Transport | None = None
+        self.dripped = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # an error page before closing, perhaps: the close is what counts
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.append(time.monotonic() - self.opened)
+
+
+async def half_open(config: dict[str, Any]) -> dict[str, Any]:
+    """``count`` connections that never finish the HTTP handshake, half silent, half dripping a header byte every 0.5 s.
+
+    They stay until the server has closed them all or ``close_within`` seconds
+    have passed, and at least ``seconds``.
+    """
+    loop = asyncio.get_running_loop()
+    request = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    closed: list[float] = []
+    clients: list[_HalfOpen] = []
+    opened = time.monotonic()
+    for number in range(config["count"]):
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (config["host"], config["port"]))
+        _, client = await loop.create_connection(lambda: _HalfOpen(closed, number % 2 == 1, time.monotonic()), sock=sock)
+        clients.append(client)
+    print("ready", flush=True)
+    deadline = opened + max(config["seconds"], config["close_within"])
+    while time.monotonic() < deadline and len(closed) < len(clients):
+        for client in clients:
+            if client.drip and client.transport is not None and not client.transport.is_closing():
+                client.transport.write(request[client.dripped % len(request):][:1])
+                client.dripped += 1
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(max(0.0, opened + config["seconds"] - time.monotonic()))
+    still_open = len(clients) - len(closed)
+    for client in clients:
+        if client.transport is not None:
+            client.transport.abort()
+    ordered = sorted(closed)
+    return {"opened": len(clients), "closed_by_server": len(ordered), "still_open": still_open,
+            "close_p50_s": percentile(ordered, 0.5), "close_max_s": ordered[-1] if ordered else math.nan}
+
+
+async def write_rooms(config: dict[str, Any]) -> dict[str, Any]:
+    """One update in each of ``count`` rooms, each from its own short connection, ``parallel`` at a time, ``rate`` rooms a second."""
+    rooms = iter(enumerate(range(config["first"], config["first"] + config["count"])))
+    deadline = time.monotonic() + config["seconds"]
+    written = errors = 0
+
+    async def writer() -> None:
+        nonlocal written, errors
+        for index, number in rooms:
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(started + index / config["rate"] - time.monotonic())
+            try:
+                reader, stream = await asyncio.open_connection(config["host"], config["port"])
+                stream.write(handshake("/ws", f"{config['host']}:{config['port']}"))
+                await reader.readuntil(b"\r\n\r\n")
+                hello = {"type": "hello", "v": 1, "room": f"idle{number}", "user": "writer", "playing": False, "bpm": 120}
+                stream.write(client_frame(0x1, json.dumps(hello).encode()))
+                stream.write(client_frame(0x1, b'{"type":"update","seq":1,"part":{"sound":"kick","steps":[1,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]}}'))
+                buffer = b""
+                while b'"ack"' not in buffer and b'"error"' not in buffer:
+                    data = await asyncio.wait_for(reader.read(65536), 30)
+                    if not data:
+                        break
+                    buffer += data
+                if b'"ack"' in buffer:
+                    written += 1
+                else:
+                    errors += 1
+                stream.close()
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+                errors += 1
+
+    print("ready", flush=True)
+    started = time.monotonic()
+    await asyncio.gather(*(writer() for _ in range(config["parallel"])))
+    return {"written": written, "errors": errors, "seconds": time.monotonic() - started}
+
+
 # -- figures -----------------------------------------------------------------------
 
 
@@ -1030,6 +1222,43 @@ def limits(rows: list[dict[str, Any]], budget_ms: float) -> dict[str, dict[str, 
     return best
 
 
+class Svg:
+    """A plot's frame (title, grid, axes, legend) and what is drawn in it; ``str()`` is the SVG."""
+
+    def __init__(self, width: int, height: int, left: int, right: int, top: int, bottom: int, title: str) -> None:
+        self.width, self.height, self.left, self.right, self.top, self.bottom = width, height, left, right, top, bottom
+        self.plot_w, self.plot_h = width - left - right, height - top - bottom
+        self.parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+                      f'<rect width="{width}" height="{height}" fill="white"/>',
+                      f'<text x="{left}" y="18" font-size="14">{title}</text>']
+
+    def add(self, element: str) -> None:
+        self.parts.append(element)
+
+    def y_tick(self, y: float, label: str) -> None:
+        self.add(f'<line x1="{self.left}" x2="{self.width - self.right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
+        self.add(f'<text x="{self.left - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
+
+    def x_tick(self, x: float, label: str) -> None:
+        self.add(f'<text x="{x:.1f}" y="{self.height - self.bottom + 16}" text-anchor="middle">{label}</text>')
+
+    def axes(self, x_label: str, y_label: str, x_axis_y: float | None = None) -> None:
+        """Both axes' labels, the y axis, and the x axis at ``x_axis_y`` (the plot's bottom unless given)."""
+        middle = self.top + self.plot_h / 2
+        x_axis_y = self.top + self.plot_h if x_axis_y is None else x_axis_y
+        self.add(f'<text x="{self.left + self.plot_w / 2}" y="{self.height - 8}" text-anchor="middle">{x_label}</text>')
+        self.add(f'<text x="14" y="{middle}" transform="rotate(-90 14 {middle})" text-anchor="middle">{y_label}</text>')
+        self.add(f'<line x1="{self.left}" x2="{self.left}" y1="{self.top}" y2="{self.top + self.plot_h}" stroke="black"/>')
+        self.add(f'<line x1="{self.left}" x2="{self.width - self.right}" y1="{x_axis_y:.1f}" y2="{x_axis_y:.1f}" stroke="black"/>')
+
+    def legend(self, y: float, colour: str, label: str) -> None:
+        self.add(f'<circle cx="{self.left + 4}" cy="{y - 4}" r="4" fill="{colour}"/>')
+        self.add(f'<text x="{self.left + 14}" y="{y}">{label}</text>')
+
+    def __str__(self) -> str:
+        return "\n".join([*self.parts, "</svg>"]) + "\n"
+
+
 PLOT_COLOURS = {"relay": "#7f7f7f", "floor": "#9467bd", "loopsync": "#1f77b4", "loopsync-memory": "#17becf", "yjs": "#ff7f0e"}
 
 
@@ -1038,106 +1267,116 @@ def ramp_svg(rows: list[dict[str, Any]], budget_ms: float = 20.0) -> str:
     steps = [figures for figures in rows if figures.get("scenario") == "ramp"]
     servers = list(dict.fromkeys([kind for kind in PLOT_COLOURS if any(f["server"] == kind for f in steps)]
                                  + [f["server"] for f in steps]))
-    width, height, left, right, top, bottom = 760, 380, 64, 20, 40 + 16 * len(servers), 46
-    plot_w, plot_h = width - left - right, height - top - bottom
+    svg = Svg(760, 380, 64, 20, 40 + 16 * len(servers), 46,
+              "Fan-out ramp: p99 delivery latency against deliveries/s (bench/fanout.py)")
     x_max = math.ceil(max([float(f["deliveries_per_s"]) for f in steps] + [10_000.0]) / 10_000) * 10_000
     y_low, y_high = 0.1, 10_000.0  # ms, log scale
 
     def x_of(deliveries_per_s: float) -> float:
-        return left + plot_w * deliveries_per_s / x_max
+        return svg.left + svg.plot_w * deliveries_per_s / x_max
 
     def y_of(ms: float) -> float:
         clamped = min(max(ms, y_low), y_high)
-        return top + plot_h * (math.log10(y_high) - math.log10(clamped)) / (math.log10(y_high) - math.log10(y_low))
+        return svg.top + svg.plot_h * (math.log10(y_high) - math.log10(clamped)) / (math.log10(y_high) - math.log10(y_low))
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           '<text x="64" y="18" font-size="14">Fan-out ramp: p99 delivery latency against deliveries/s (bench/fanout.py)</text>']
     for exponent in range(-1, 5):
-        y = y_of(10.0 ** exponent)
-        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{10.0 ** exponent:g}</text>')
+        svg.y_tick(y_of(10.0 ** exponent), f"{10.0 ** exponent:g}")
     budget_y = y_of(budget_ms)
-    out.append(f'<line x1="{left}" x2="{width - right}" y1="{budget_y:.1f}" y2="{budget_y:.1f}" stroke="#d62728" stroke-dasharray="5,4"/>')
-    out.append(f'<text x="{width - right - 4}" y="{budget_y - 5:.1f}" text-anchor="end" fill="#d62728">p99 budget {budget_ms:g} ms</text>')
-    tick = 10_000 if x_max <= 100_000 else 20_000
-    for value in range(0, int(x_max) + 1, tick):
-        out.append(f'<text x="{x_of(value):.1f}" y="{height - bottom + 16}" text-anchor="middle">{value // 1000}k</text>')
-    out.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">deliveries per second'
-               ' (rooms of 4, 10 updates/s per client); a ring marks each server\'s limit</text>')
-    out.append(f'<text x="14" y="{top + plot_h / 2}" transform="rotate(-90 14 {top + plot_h / 2})" text-anchor="middle">p99 (ms)</text>')
-    out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="black"/>')
-    out.append(f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="black"/>')
+    svg.add(f'<line x1="{svg.left}" x2="{svg.width - svg.right}" y1="{budget_y:.1f}" y2="{budget_y:.1f}" stroke="#d62728"'
+            ' stroke-dasharray="5,4"/>')
+    svg.add(f'<text x="{svg.width - svg.right - 4}" y="{budget_y - 5:.1f}" text-anchor="end" fill="#d62728">'
+            f'p99 budget {budget_ms:g} ms</text>')
+    for value in range(0, int(x_max) + 1, 10_000 if x_max <= 100_000 else 20_000):
+        svg.x_tick(x_of(value), f"{value // 1000}k")
+    svg.axes("deliveries per second (rooms of 4, 10 updates/s per client); a ring marks each server's limit", "p99 (ms)")
     best = limits(steps, budget_ms)
     for row_number, kind in enumerate(servers):
         colour = PLOT_COLOURS.get(kind, "#2ca02c")
         for figures in steps:
             if figures["server"] == kind:
-                out.append(f'<circle cx="{x_of(figures["deliveries_per_s"]):.1f}" cy="{y_of(figures["p99_ms"]):.1f}" r="3" fill="{colour}"/>')
+                svg.add(f'<circle cx="{x_of(figures["deliveries_per_s"]):.1f}" cy="{y_of(figures["p99_ms"]):.1f}" r="3" fill="{colour}"/>')
         label = kind
         limit = best.get(kind)
         if limit is not None:
-            out.append(f'<circle cx="{x_of(limit["deliveries_per_s"]):.1f}" cy="{y_of(limit["p99_ms"]):.1f}" r="7" fill="none"'
-                       f' stroke="{colour}" stroke-width="2"/>')
+            svg.add(f'<circle cx="{x_of(limit["deliveries_per_s"]):.1f}" cy="{y_of(limit["p99_ms"]):.1f}" r="7" fill="none"'
+                    f' stroke="{colour}" stroke-width="2"/>')
             label += f': {limit["deliveries_per_s"]:,.0f} deliveries/s under the budget'
             for baseline in ("yjs", "floor"):
                 if kind.startswith("loopsync") and baseline in best:
                     label += f', {limit["deliveries_per_s"] / best[baseline]["deliveries_per_s"]:.2f}x {baseline}'
-        y = 36 + 16 * row_number
-        out.append(f'<circle cx="{left + 4}" cy="{y - 4}" r="4" fill="{colour}"/>')
-        out.append(f'<text x="{left + 14}" y="{y}">{label}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+        svg.legend(36 + 16 * row_number, colour, label)
+    return str(svg)
 
 
-def write_svg(svg: str, path: Path, chromium: str = "/usr/bin/chromium", browser: Any = None) -> None:
-    """Write a plot as SVG, or as PNG rendered by headless Chromium (``browser``, a Playwright one at hand, or a new one)."""
+def write_svg(svg: str, path: Path, chromium_path: str = CHROMIUM, browser: Browser | None = None) -> None:
+    """Write a plot as SVG, or as PNG rendered by headless Chromium (``browser``, one at hand, or a new one)."""
     if path.suffix.lower() != ".png":
         path.write_text(svg)
         return
-    if browser is not None:
-        page = browser.new_page()
-        try:
-            page.set_content(f'<html><body style="margin:0">{svg}</body></html>')
-            page.locator("svg").screenshot(path=str(path))
-        finally:
-            page.close()
-        return
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        try:
+    if browser is None:
+        with chromium(chromium_path) as browser:
             write_svg(svg, path, browser=browser)
-        finally:
-            browser.close()
+        return
+    page = browser.new_page()
+    try:
+        page.set_content(f'<html><body style="margin:0">{svg}</body></html>')
+        page.locator("svg").screenshot(path=str(path))
+    finally:
+        page.close()
 
 
-@dataclass
 class Sampler:
-    """The largest RSS and descriptor count of a server seen while :meth:`sample` was being called."""
+    """The largest RSS and descriptor count of a server, sampled every 0.1 s by a thread while the ``with`` block runs."""
 
-    server: ServerProcess
-    rss_bytes: int = 0
-    descriptors: int = 0
-    samples: list[tuple[float, int, int]] = field(default_factory=list)
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.rss_bytes = self.descriptors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def sample(self) -> None:
-        rss, descriptors = self.server.rss_bytes(), self.server.open_descriptors()
-        self.rss_bytes, self.descriptors = max(self.rss_bytes, rss), max(self.descriptors, descriptors)
-        self.samples.append((time.monotonic(), rss, descriptors))
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                rss, descriptors = self.server.rss_bytes(), self.server.open_descriptors()
+            except OSError:
+                return  # the server is gone
+            self.rss_bytes, self.descriptors = max(self.rss_bytes, rss), max(self.descriptors, descriptors)
 
 
-def _worker_main() -> int:
-    parser = argparse.ArgumentParser(description="a load worker process of the benchmarks (started by harness.Session)")
-    parser.add_argument("--worker", required=True, help="its configuration, as JSON")
+def write_json(path: Path | None, figures: Any) -> None:
+    """Save every figure to ``path`` (a benchmark's ``--json``), if one was given."""
+    if path is not None:
+        path.write_text(json.dumps(figures, indent=1))
+
+
+def _main() -> int:
+    parser = argparse.ArgumentParser(description="a load process of the benchmarks (started by harness.Session or harness.Attacker)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--worker", metavar="CONFIG", help="a load worker, its configuration as JSON")
+    what.add_argument("--attacker", nargs=2, metavar=("NAME", "CONFIG"),
+                      help="an attacker (churn, half-open, write-rooms), its configuration as JSON")
     args = parser.parse_args()
+    if args.attacker and args.attacker[0] == "churn":  # blocking sockets, no event loop
+        print(json.dumps(churn(json.loads(args.attacker[1]))), flush=True)
+        return 0
     from loopsync.server import event_loop_factory
 
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.run(Worker(json.loads(args.worker)).serve())
+        if args.worker:
+            runner.run(Worker(json.loads(args.worker)).serve())
+        else:
+            attack = {"half-open": half_open, "write-rooms": write_rooms}[args.attacker[0]]
+            print(json.dumps(runner.run(attack(json.loads(args.attacker[1])))), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_worker_main())
+    sys.exit(_main())

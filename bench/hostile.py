@@ -1,66 +1,57 @@
 """Hostile load: one client never hurts the others; memory and descriptors come back after an attack.
 
-One server (``loopsync serve`` on SQLite by default, ``--kind``). Beside
-it runs a well-behaved **observer**: one room of 8 clients, each sending
-its part every 0.25 s, every ack timed (128 acks in a 4 s window, so that
-its p99 is not its maximum). Each attack stays within the
-documented per-connection limits (burst 40 frames, 20 frames/s; 512
-connections and 256 users per room; frames under 64 KiB):
+Beside one server (``loopsync serve`` on SQLite by default, ``--kind``) runs a
+well-behaved **observer**: one room of 8 clients, each sending its part every
+0.25 s, every ack timed (128 acks in a 4 s window, so that its p99 is not its
+maximum). Each attack stays within the documented per-connection limits
+(burst 40 frames, 20 frames/s; 512 connections and 256 users per room; frames
+under 64 KiB):
 
 - ``presence storm``: 512 connections in one room (two per user), each
   sending ``transport`` 10 times a second;
-- ``update flood``: 32 rooms of 8, every connection sending updates at its
-  full rate (20 a second);
+- ``update flood``: 32 rooms of 8, every connection sending 20 updates a second;
 - ``reconnect storm``: one client joining and leaving a room of 400 as fast
   as it can;
-- ``half-open``: 1,000 TCP connections that never finish the HTTP
-  handshake, half silent, half dripping a header byte every 0.5 s; the
-  server should close each within ``HALF_OPEN_CLOSE_SECONDS``;
+- ``half-open``: 1,000 TCP connections that never finish the HTTP handshake,
+  half silent, half dripping a header byte every 0.5 s;
 - ``slow readers``: 32 busy rooms (3 clients sending 10 updates a second)
   whose fourth member stops reading (a 4 KiB receive buffer);
 - ``fetch storm``: a room holding 256 parts (256 users wrote one each, then
-  left), then 128 connections sending ``fetch`` at 20 a second.
+  left), then 128 connections sending ``fetch`` 20 times a second.
 
-For each attack, in the same run: the observer's ack p50/p99/max without
-the attack (just before it) and during it; the server's RSS and open
-descriptors (``/proc/PID/fd``) at the start, the most seen during, and
-after (once both are back within 10% of the start, or after
-``--settle`` seconds). Then a separate step: one update in each of
-``--rooms`` rooms (100,000, 1,000 a second), each client leaving once acknowledged, and
-``--grace`` seconds (the server's idle grace; 35 s); then as many other
-rooms again: the second round's RSS growth is what idle rooms cost (the
-first pays the high-water mark of the rooms in memory at once).
+For each, in the same run: the observer's ack p50/p99/max just before the
+attack and during it; the server's RSS and open descriptors at the start, the
+most seen during it (sampled every 0.1 s), and after (once both are back within
+10% of the start, or after 10 s). Then a separate step: one update in each of
+``--rooms`` rooms (1,000 a second), each writer leaving once acknowledged,
+and ``--grace`` seconds (the server's idle grace); then as many other rooms
+again: the second round's RSS growth is what idle rooms cost (the first pays
+the high-water mark of the rooms in memory at once).
 
-Targets (exit 1 if one is missed): observer ack p99 under 50 ms during
-every attack; RSS and descriptors back within 10% of their start after
-every attack; every half-open connection closed by the server within
-``HALF_OPEN_CLOSE_SECONDS``; the second round of written-then-idle rooms
-under 20 MB once idle. Default: about a minute of attacks, plus the rooms step (its writing
-time and its grace); ``--smoke`` a few seconds of each at small counts and
-2 x 300 rooms (the test suite).
+Targets (exit 1 if one is missed): observer ack p99 under 50 ms during every
+attack; RSS and descriptors back within 10% after every attack; every
+half-open connection closed by the server within ``HALF_OPEN_CLOSE_SECONDS``;
+the second round of idle rooms under 20 MB. ``--smoke``: a few seconds of
+each attack at small counts and 2 x 300 rooms (the test suite).
 
-The load comes from a few processes (``harness.Session`` workers that
-read nothing once joined, and this file as ``--attacker``: raw sockets),
-so that the generator is not what fills the machine's cores.
+The load comes from processes of its own (``harness.Session`` workers that
+read nothing once joined, and ``harness.Attacker``), so that the generator is
+not what fills the machine's cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
+import dataclasses
 import math
-import socket
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import harness
-from harness import ServerProcess, Session
+from harness import Attacker, ServerProcess, Session
 
 OBSERVER_CLIENTS = 8
 OBSERVER_PERIOD_SECONDS = 0.25
@@ -96,163 +87,6 @@ class Config:
 SMOKE = Config(window_seconds=1.0, warmup_seconds=0.2, settle_seconds=2.0, presence_connections=64, flood_rooms=4, churn_room=40,
                half_open=60, slow_rooms=4, fetchers=16, rooms=300, rooms_per_second=1000.0, grace_seconds=1.0,
                rooms_deadline_seconds=60.0)
-
-
-# -- attackers in their own process: raw sockets ------------------------------------------
-
-
-def _ws_connect(host: str, port: int, path: str, timeout: float) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=timeout)
-    sock.sendall(harness.handshake(path, f"{host}:{port}"))
-    return sock
-
-
-def _read_until(sock: socket.socket, marker: bytes, buffer: bytes = b"") -> bytes:
-    while marker not in buffer:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError(f"closed before {marker!r}")
-        buffer += data
-    return buffer
-
-
-def churn(config: dict[str, Any]) -> dict[str, Any]:
-    """One client joining a room and leaving as soon as its snapshot comes, again and again until the deadline."""
-    host, port = config["host"], config["port"]
-    hello = json.dumps({"type": "hello", "v": 1, "room": config["room"], "user": config["user"], "playing": True, "bpm": 120}).encode()
-    print("ready", flush=True)
-    deadline, joins, failures = time.monotonic() + config["seconds"], 0, 0
-    while time.monotonic() < deadline and joins + failures < 1_000_000:
-        try:
-            with _ws_connect(host, port, "/ws", 5) as sock:
-                rest = _read_until(sock, b"\r\n\r\n").split(b"\r\n\r\n", 1)[1]
-                sock.sendall(harness.client_frame(0x1, hello))
-                _read_until(sock, b'"snapshot"', rest)
-                sock.sendall(harness.client_frame(0x8, b"\x03\xe8"))  # close 1000
-            joins += 1
-        except OSError:
-            failures += 1
-    return {"joins": joins, "failures": failures, "seconds": config["seconds"]}
-
-
-class _HalfOpen(asyncio.Protocol):
-    """A connection that never finishes its HTTP request; notes when the server closes it."""
-
-    def __init__(self, closed: list[float], drip: bool, opened: float) -> None:
-        self.closed, self.drip, self.opened = closed, drip, opened
-        self.transport: asyncio.Transport | None = None
-        self.dripped = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        pass  # an error page before closing, perhaps: the close is what counts
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed.append(time.monotonic() - self.opened)
-
-
-async def _half_open(config: dict[str, Any]) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    request = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-    closed: list[float] = []
-    clients: list[_HalfOpen] = []
-    opened = time.monotonic()
-    for number in range(config["count"]):
-        sock = socket.socket()
-        sock.setblocking(False)
-        await loop.sock_connect(sock, (config["host"], config["port"]))
-        _, client = await loop.create_connection(lambda: _HalfOpen(closed, number % 2 == 1, time.monotonic()), sock=sock)
-        clients.append(client)
-    print("ready", flush=True)
-    deadline = opened + max(config["seconds"], HALF_OPEN_CLOSE_SECONDS)
-    while time.monotonic() < deadline and len(closed) < len(clients):
-        for client in clients:
-            if client.drip and client.transport is not None and not client.transport.is_closing():
-                client.transport.write(request[client.dripped % len(request):][:1])
-                client.dripped += 1
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(max(0.0, opened + config["seconds"] - time.monotonic()))
-    still_open = len(clients) - len(closed)
-    for client in clients:
-        if client.transport is not None:
-            client.transport.abort()
-    ordered = sorted(closed)
-    return {"opened": len(clients), "closed_by_server": len(ordered), "still_open": still_open,
-            "close_p50_s": harness.percentile(ordered, 0.5), "close_max_s": ordered[-1] if ordered else math.nan}
-
-
-async def _write_rooms(config: dict[str, Any]) -> dict[str, Any]:
-    """One update in each of ``count`` rooms, each from its own short connection, ``parallel`` at a time, ``rate`` rooms a second."""
-    rooms = iter(enumerate(range(config["first"], config["first"] + config["count"])))
-    deadline = time.monotonic() + config["seconds"]
-    written = errors = 0
-
-    async def writer() -> None:
-        nonlocal written, errors
-        for index, number in rooms:
-            if time.monotonic() > deadline:
-                return
-            await asyncio.sleep(started + index / config["rate"] - time.monotonic())
-            try:
-                reader, stream = await asyncio.open_connection(config["host"], config["port"])
-                stream.write(harness.handshake("/ws", f"{config['host']}:{config['port']}"))
-                await reader.readuntil(b"\r\n\r\n")
-                hello = {"type": "hello", "v": 1, "room": f"idle{number}", "user": "writer", "playing": False, "bpm": 120}
-                stream.write(harness.client_frame(0x1, json.dumps(hello).encode()))
-                stream.write(harness.client_frame(0x1, b'{"type":"update","seq":1,"part":{"sound":"kick","steps":[1,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]}}'))
-                buffer = b""
-                while b'"ack"' not in buffer and b'"error"' not in buffer:
-                    data = await asyncio.wait_for(reader.read(65536), 30)
-                    if not data:
-                        break
-                    buffer += data
-                if b'"ack"' in buffer:
-                    written += 1
-                else:
-                    errors += 1
-                stream.close()
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
-                errors += 1
-
-    print("ready", flush=True)
-    started = time.monotonic()
-    await asyncio.gather(*(writer() for _ in range(config["parallel"])))
-    return {"written": written, "errors": errors, "seconds": time.monotonic() - started}
-
-
-class Attacker:
-    """This file run as ``--attacker NAME CONFIG`` in its own process: says ``ready``, attacks, prints its figures."""
-
-    def __init__(self, name: str, config: dict[str, Any]) -> None:
-        self.process = subprocess.Popen([sys.executable, __file__, "--attacker", name, json.dumps(config)],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if line.strip() != "ready":
-            self.process.kill()
-            raise RuntimeError(f"the {name} attacker did not start: {line!r}")
-
-    def result(self, timeout: float) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        try:
-            out, _ = self.process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise RuntimeError("an attacker did not finish in time") from None
-        return dict(json.loads(out.strip().splitlines()[-1]))
-
-
-def _attacker_main(name: str, config: dict[str, Any]) -> dict[str, Any]:
-    if name == "churn":
-        return churn(config)
-    from loopsync.server import event_loop_factory
-
-    job = _half_open(config) if name == "half-open" else _write_rooms(config)
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(job)
 
 
 # -- the attacks ------------------------------------------------------------------------
@@ -332,7 +166,8 @@ class HalfOpen(Attack):
         count = self.config.half_open
         self.description = (f"{count} connections that never finish the HTTP handshake, half silent, half dripping a header byte"
                             " every 0.5 s")
-        self.attacker = Attacker("half-open", {"host": "127.0.0.1", "port": self.server.port, "count": count, "seconds": self.seconds})
+        self.attacker = Attacker("half-open", {"host": "127.0.0.1", "port": self.server.port, "count": count, "seconds": self.seconds,
+                                               "close_within": HALF_OPEN_CLOSE_SECONDS})
 
     def end(self) -> dict[str, Any]:
         result = self.attacker.result(max(self.seconds, HALF_OPEN_CLOSE_SECONDS) + 60)
@@ -379,28 +214,6 @@ ATTACKS: tuple[type[Attack], ...] = (PresenceStorm, UpdateFlood, ReconnectStorm,
 # -- the run ---------------------------------------------------------------------------
 
 
-class Sampling:
-    """A thread that samples the server's RSS and descriptors every 0.1 s while the observer measures."""
-
-    def __init__(self, server: ServerProcess) -> None:
-        self.sampler = harness.Sampler(server)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.wait(0.1):
-            try:
-                self.sampler.sample()
-            except OSError:
-                return
-
-    def finish(self) -> harness.Sampler:
-        self.stop.set()
-        self.thread.join()
-        return self.sampler
-
-
 def _back(value: float, start: float) -> bool:
     return value <= start * (1 + BACK_WITHIN)
 
@@ -429,9 +242,8 @@ def run_attack(attack_type: type[Attack], server: ServerProcess, observer: Sessi
     attack = attack_type(server, config, config.warmup_seconds + config.window_seconds + 2.0)
     try:
         attack.begin()
-        sampling = Sampling(server)
-        during = observe(observer, config)
-        peak = sampling.finish()
+        with harness.Sampler(server) as peak:
+            during = observe(observer, config)
         details = attack.end()
     finally:
         attack.close()
@@ -543,9 +355,6 @@ def run(kind: str, config: Config, attacks: tuple[type[Attack], ...], with_rooms
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--attacker":
-        print(json.dumps(_attacker_main(sys.argv[2], json.loads(sys.argv[3]))), flush=True)
-        return 0
     parser = argparse.ArgumentParser(description="loopsync under hostile load: an observer room beside each attack")
     parser.add_argument("--smoke", action="store_true", help="a few seconds of each attack at small counts, 2 x 300 rooms (the test suite)")
     parser.add_argument("--kind", default="loopsync", choices=sorted(harness.KINDS), help="the server (default: loopsync on SQLite)")
@@ -555,13 +364,8 @@ def main() -> int:
     parser.add_argument("--grace", type=float, help="seconds to wait for the server's idle grace before measuring (default 35)")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args()
-    config = Config(**SMOKE.__dict__) if args.smoke else Config()
-    if args.window is not None:
-        config.window_seconds = args.window
-    if args.rooms is not None:
-        config.rooms = args.rooms
-    if args.grace is not None:
-        config.grace_seconds = args.grace
+    given = {"window_seconds": args.window, "rooms": args.rooms, "grace_seconds": args.grace}
+    config = dataclasses.replace(SMOKE if args.smoke else Config(), **{key: value for key, value in given.items() if value is not None})
     attacks = ATTACKS
     if args.attacks == "none":
         attacks = ()
@@ -575,8 +379,7 @@ def main() -> int:
     figures = run(args.kind, config, attacks, with_rooms=config.rooms > 0)
     missed = [name for name, ok in figures["targets"].items() if not ok]
     figures["seconds"] = time.monotonic() - started
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=1))
+    harness.write_json(args.json, figures)
     print(f"{len(figures['targets']) - len(missed)} of {len(figures['targets'])} targets met in {figures['seconds']:.0f} s"
           + (f"; missed: {', '.join(missed)}" if missed else ""))
     return 1 if missed else 0

@@ -1,46 +1,33 @@
 """Edit-to-ear latency: from one user's edit to the first loop of another user that plays it.
 
 Two headless clients (``loopsync.client.Client``) in this process join one
-room of a real server (``python -m loopsync serve --store sqlite`` in a
-subprocess, every update committed before it is acknowledged). Alice plays at
-``--bpm-a`` (default 300 BPM: a 0.800 s loop) and edits her part at random
-moments (a gap drawn uniformly from 0 to 0.4 s, so about 5 edits a second);
-Bob plays at ``--bpm-b`` (default 233 BPM: a 1.030 s loop) and hears them.
-The tempi are faster than a musician's so that a one-minute run gives a few
-hundred edits; the bound scales with the loop lengths, so the shares below do
-not depend on them.
+room of a real ``loopsync serve --store sqlite`` (every update committed before
+it is acknowledged). Alice plays at ``--bpm-a`` (default 300 BPM: a 0.800 s
+loop) and edits her part at random moments, about 5 a second; Bob plays at
+``--bpm-b`` (default 233 BPM: a 1.030 s loop) and hears them. The tempi are
+fast so that a minute gives a few hundred edits; the bound scales with the
+loops, so the shares do not depend on them. For every edit:
 
-Both clients stamp their events with ``time.monotonic()`` in one process, so
-times compare directly. For every edit:
-
-- latency: from the edit (Alice's toggle) to the ``loop_start`` of Bob's first
-  loop whose parts include it (the time the event was emitted, so the clock
-  task's own lateness counts against us);
-- network: from Alice's send (her sync moment that queued the update) to Bob's
-  receipt of that update (the server's commit included);
+- latency: from Alice's toggle to the ``loop_start`` of Bob's first loop that
+  plays it (when the event was emitted, so the clock task's lateness counts);
+- network: from Alice's send to Bob's receipt (the server's commit included);
 - bound (DESIGN.md): Alice's loop + Bob's loop + lead + network;
-- first possible Loop Start: the edit must be played from Bob's first loop
-  whose sync ran after the update arrived at Bob.
+- first possible Loop Start: Bob's first loop whose sync ran after the
+  update arrived must play it.
 
-Every loop of Bob is also checked to play exactly the part of Alice it took
-at its sync (never a half-applied document).
-
-Alice's edits walk a Gray code (each flips one step, chosen through a random
-permutation of the steps), so her part never takes the same pattern twice:
-no two edits cancel each other, every update is a new pattern, and the
-pattern a loop of Bob plays names the update it came from. What Bob plays is
-read from his ``loop_start`` events, not inferred from his syncs, so a loop
-that played stale or foreign data shows up as one.
+Every loop of Bob must also play exactly the part of Alice its sync took.
+Alice's edits walk a Gray code (each flips one step), so her part never takes
+the same pattern twice and the pattern a loop plays names its update; what
+Bob plays is read from his ``loop_start`` events, so a loop that played stale
+data shows up as one. Both clients stamp with ``time.monotonic()`` in one
+process, and the log is in the order things happened.
 
 ``--browser`` does the same with two pages of the web client in headless
-Chromium (``--chromium``, default ``/usr/bin/chromium``): Alice's page edits
-through ``window.loopsync.toggleStep`` at random moments; every event the
-pages record is stamped with ``performance.timeOrigin + performance.now()``,
-one clock for all pages of the browser; what Bob hears is read from his
-clock processor's frame-stamped ``step`` events (which users sounded on each
-step), and his Loop Start is the frame it played on, mapped to that clock by
-the earliest arrival of a step event relative to its frame (when the audio
-thread rendered it; the output device's latency is not included).
+Chromium, every event stamped with ``performance.timeOrigin +
+performance.now()`` (one clock for the browser's pages); what Bob hears is
+read from his clock processor's frame-stamped ``step`` events, and his Loop
+Start is the frame it played on, mapped to that clock by the earliest arrival
+of a step event relative to its frame (the device's output latency left out).
 
 Usage::
 
@@ -57,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import random
 import statistics
@@ -73,17 +59,6 @@ from loopsync.client import Client, Event
 ROOM = "latency"
 STEPS = 16
 KEPT_EVENTS = frozenset({"edit", "sync", "sync_missed", "loop_start", "received", "ack", "connected", "disconnected", "error"})
-
-
-# -- figures --------------------------------------------------------------------------
-
-
-def percentile(values: list[float], share: float) -> float:
-    """The nearest-rank percentile of ``values`` (NaN when empty)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
 
 
 def loop_seconds(bpm: float) -> float:
@@ -109,7 +84,7 @@ def text_histogram(values: list[float], bound: float, bins: int = 20, width: int
     return lines
 
 
-# -- the run ------------------------------------------------------------------------
+# -- two headless clients -------------------------------------------------------------
 
 
 def gray_walk(order: list[int], start: int) -> Iterator[int]:
@@ -178,47 +153,11 @@ async def record(url: str, bpm_a: float, bpm_b: float, lead: float, seconds: flo
     return run
 
 
-def judge_edits(edits: list[dict[str, Any]], received_at: dict[int, tuple[int, float]], sent_at: dict[int, float],
-                played: dict[int, int], loop_times: dict[int, tuple[float, float, float]],
-                syncs_run: list[tuple[int, int]], bound_fixed: float) -> None:
-    """Mark each edit: heard in which loop, its latency against its bound, taken up at the first possible Loop Start.
-
-    ``played[loop]`` is the newest seq of alice's that bob's loop plays;
-    ``loop_times[loop]`` is (start on bob's clock, when bob's client reported
-    it, the time compared with an update's arrival for the lead window);
-    ``syncs_run`` lists (index in bob's event stream, loop synced for).
-    """
-    for edit in edits:
-        seq = edit.get("seq")
-        edit["heard"] = False
-        if seq is None or seq not in received_at:
-            continue
-        receipt_index, receipt_time = received_at[seq]
-        edit["network"] = receipt_time - sent_at[seq]
-        edit["bound"] = bound_fixed + edit["network"]
-        heard_loop = next((loop for loop in sorted(played) if played[loop] >= seq), None)
-        if heard_loop is None:
-            continue
-        on_clock, reported, _ = loop_times[heard_loop]
-        edit.update(heard=True, loop=heard_loop, latency=on_clock - edit["edit"], latency_emitted=reported - edit["edit"])
-        edit["within"] = edit["latency"] <= edit["bound"]
-        first = next((loop for sync_index, loop in syncs_run if sync_index > receipt_index), None)
-        edit["first_possible_loop"] = first
-        edit["first_possible"] = first == heard_loop
-        # Arrived after the sync moment of a loop that had not started yet: it waits that loop out, by the rule.
-        before = loop_times.get(first - 1) if first is not None else None
-        edit["in_lead_window"] = before is not None and before[2] > receipt_time
-
-
 def analyse(run: Run) -> dict[str, Any]:
-    """Per-edit latency, network, bound and first-possible check; per-loop checks; summary figures.
-
-    The log is in the order things happened (one process, one event loop), so
-    "before" and "after" below are exact, not a comparison of stamps.
-    """
-    edits: list[dict[str, Any]] = []
-    waiting: list[dict[str, Any]] = []  # Alice's edits not yet in an update
-    sent_at: dict[int, float] = {}  # Alice's update seq -> her sync moment that queued it
+    """The figures of a headless run, from its log (one process, one event loop: "before" and "after" are exact)."""
+    alice = [event for who, event in run.log if who == "A"]
+    edits, sent_at = alice_edits([(e["monotonic"], None if e["event"] == "edit" else e["seq"])
+                                  for e in alice if e["event"] == "edit" or e["event"] == "sync" and e["sent"]])
     seq_of_pattern: dict[tuple[int, ...], int] = {}  # what Bob received from Alice, by pattern
     received_at: dict[int, tuple[int, float]] = {}  # seq -> (log index, time) of Bob's receipt
     latest_at_bob = 0
@@ -226,32 +165,12 @@ def analyse(run: Run) -> dict[str, Any]:
     played: dict[int, int] = {}  # Bob's loop -> Alice's seq it played (-1: a pattern Bob never received)
     loop_started: dict[int, Event] = {}
     syncs_run: list[tuple[int, int]] = []  # (log index, loop) of Bob's syncs that ran
-    missed: dict[str, int] = {"A": 0, "B": 0}
     not_as_synced: list[int] = []
-    acks = 0
-    errors: list[Event] = []
-    disconnects = 0
     for index, (who, event) in enumerate(run.log):
         name = event["event"]
-        if name == "error":
-            errors.append(event)
-        elif name == "disconnected":
-            disconnects += 1
-        elif name == "sync_missed":
-            missed[who] += 1
         if who == "A":
-            if name == "edit":
-                edit = {"edit": event["monotonic"]}
-                edits.append(edit)
-                waiting.append(edit)
-            elif name == "sync" and event["sent"]:
-                sent_at[event["seq"]] = event["monotonic"]
-                for edit in waiting:
-                    edit["seq"] = event["seq"]
-                waiting = []
-            elif name == "ack":
-                acks += 1
-        elif name == "received" and event["message"].get("type") == "update" and event["message"].get("user") == "alice":
+            continue
+        if name == "received" and event["message"].get("type") == "update" and event["message"].get("user") == "alice":
             seq = int(event["message"]["seq"])
             seq_of_pattern[tuple(event["message"]["part"]["steps"])] = seq
             received_at[seq] = (index, event["monotonic"])
@@ -266,85 +185,17 @@ def analyse(run: Run) -> dict[str, Any]:
             loop_started[loop] = event
             if played[loop] != taken_at_sync:
                 not_as_synced.append(loop)
-    lateness = [event["monotonic"] - event["due"] for event in loop_started.values()]
-    bound_fixed = loop_seconds(run.bpm_a) + loop_seconds(run.bpm_b) + run.lead
     # The loop's start on its clock, when it was emitted, and (for the lead window) the emitted time again.
     loop_times = {loop: (e["due"], e["monotonic"], e["monotonic"]) for loop, e in loop_started.items()}
-    judge_edits(edits, received_at, sent_at, played, loop_times, syncs_run, bound_fixed)
-    heard = [e for e in edits if e["heard"]]
-    latencies = [e["latency"] for e in heard]
-    emitted = [e["latency_emitted"] for e in heard]
-    networks = [e["network"] for e in heard]
-    mean_network = statistics.fmean(networks) if networks else 0.0
+    lateness = [event["monotonic"] - event["due"] for event in loop_started.values()]
     return {
-        "bpm_a": run.bpm_a, "bpm_b": run.bpm_b, "lead_s": run.lead,
-        "loop_a_s": loop_seconds(run.bpm_a), "loop_b_s": loop_seconds(run.bpm_b), "bound_without_network_s": bound_fixed,
-        "edits": len(edits), "updates": len(sent_at), "acks": acks, "heard": len(heard),
-        "latency_s": {"min": min(latencies, default=math.nan), "p50": percentile(latencies, 0.5), "p90": percentile(latencies, 0.9),
-                      "max": max(latencies, default=math.nan), "mean": statistics.fmean(latencies) if latencies else math.nan},
-        "latency_emitted_s": {"p50": percentile(emitted, 0.5), "p90": percentile(emitted, 0.9), "max": max(emitted, default=math.nan)},
-        "network_ms": {"p50": percentile(networks, 0.5) * 1000, "p90": percentile(networks, 0.9) * 1000, "max": max(networks, default=math.nan) * 1000},
-        "model_mean_s": (loop_seconds(run.bpm_a) + loop_seconds(run.bpm_b)) / 2 + run.lead + mean_network,
-        "within_bound": sum(1 for e in heard if e["within"]),
-        "within_bound_emitted": sum(1 for e in heard if e["latency_emitted"] <= e["bound"]),
-        "smallest_margin_s": min((e["bound"] - e["latency"] for e in heard), default=math.nan),
-        "first_possible": sum(1 for e in heard if e["first_possible"]),
-        "in_lead_window": sum(1 for e in heard if e["in_lead_window"]),
+        **summarise(edits, sent_at, received_at, played, loop_times, syncs_run, run.bpm_a, run.bpm_b, run.lead, lateness),
+        "acks": sum(1 for event in alice if event["event"] == "ack"),
         "bob_loops": len(loop_started), "bob_loops_not_as_synced": not_as_synced,
-        "missed_syncs": missed, "loop_start_lateness_ms": {"p50": percentile(lateness, 0.5) * 1000, "max": max(lateness, default=math.nan) * 1000},
-        "errors": [{"code": e.get("code"), "message": e.get("message")} for e in errors], "disconnects": disconnects,
-        "histogram": text_histogram(latencies, bound_fixed + (statistics.median(networks) if networks else 0.0)),
-        "per_edit": edits,
+        "missed_syncs": {w: sum(1 for who, e in run.log if who == w and e["event"] == "sync_missed") for w in "AB"},
+        "errors": [{"code": e.get("code"), "message": e.get("message")} for _, e in run.log if e["event"] == "error"],
+        "disconnects": sum(1 for _, event in run.log if event["event"] == "disconnected"),
     }
-
-
-def ok(figures: dict[str, Any]) -> bool:
-    """The verdict: every edit heard, within the bound, at the first possible Loop Start; every loop as synced."""
-    return (figures["edits"] > 0 and figures["heard"] == figures["edits"] and figures["within_bound"] == figures["edits"]
-            and figures["first_possible"] == figures["edits"] and not figures["bob_loops_not_as_synced"] and not figures["errors"])
-
-
-def report(figures: dict[str, Any], seconds: float) -> str:
-    """The figures as text for people."""
-    f = figures
-    n = f["edits"] or 1
-    lat, net = f["latency_s"], f["network_ms"]
-    browser = f.get("client") == "browser"
-    lines = [
-        ("Browser pages (headless Chromium): " if browser else "Headless clients: ") + f"alice at {f['bpm_a']:g} BPM (loop {f['loop_a_s']:.3f} s) edits at random moments for {seconds:g} s,",
-        f"  bob at {f['bpm_b']:g} BPM (loop {f['loop_b_s']:.3f} s) hears; lead {f['lead_s'] * 1000:.0f} ms; server: loopsync serve --store sqlite",
-        f"edits: {f['edits']} in {f['updates']} updates ({f['acks']} acknowledged); heard by bob: {f['heard']}/{f['edits']}",
-        f"latency, edit -> bob's Loop Start that plays it: p50 {lat['p50']:.3f} s  p90 {lat['p90']:.3f} s  max {lat['max']:.3f} s"
-        f"  (min {lat['min']:.3f}, mean {lat['mean']:.3f})",
-        f"  (to the moment bob's {'page heard of that Loop Start' if browser else 'loop_start event was emitted'}:"
-        f" p50 {f['latency_emitted_s']['p50']:.3f} s, max {f['latency_emitted_s']['max']:.3f} s;"
-        f" within the bound {f['within_bound_emitted']}/{f['edits']})",
-        f"network, alice's send -> bob's receipt (commit included): p50 {net['p50']:.1f} ms  p90 {net['p90']:.1f} ms  max {net['max']:.1f} ms",
-        f"bound (DESIGN.md) = alice's loop + bob's loop + lead + network = {f['bound_without_network_s']:.3f} s + network",
-        f"  baseline: uniform random edit moments give a mean of (loop A + loop B) / 2 + lead + network = {f['model_mean_s']:.3f} s;"
-        f" measured mean {lat['mean']:.3f} s",
-        f"within the bound: {f['within_bound']}/{f['edits']} ({f['within_bound'] / n:.1%}); smallest margin {f['smallest_margin_s'] * 1000:.0f} ms",
-        f"taken up at the first possible Loop Start (bob's first sync after the update arrived): {f['first_possible']}/{f['edits']}"
-        f" ({f['first_possible'] / n:.1%}); {f['in_lead_window']} of them arrived inside the lead (after a sync moment, before its"
-        f" Loop Start) and rightly waited one more loop",
-        f"bob's loops: {f['bob_loops']}, playing other than what their sync took: {len(f['bob_loops_not_as_synced'])};"
-        + (f" answers applied after their Loop Start: {f['missed_syncs']['B']}; the page heard of a Loop Start"
-           if browser else f" missed syncs: alice {f['missed_syncs']['A']}, bob {f['missed_syncs']['B']}; loop start emitted")
-        + f" late by p50 {f['loop_start_lateness_ms']['p50']:.1f} ms, max {f['loop_start_lateness_ms']['max']:.1f} ms",
-    ]
-    if f["errors"] or f["disconnects"]:
-        lines.append(f"errors: {f['errors']}; disconnects: {f['disconnects']}")
-    lines.append("latency histogram (bins of a twentieth of the bound with the median network; each edit is checked against its own):")
-    lines += f["histogram"]
-    lines.append("verdict: " + ("OK" if ok(f) else "FAILED"))
-    return "\n".join(lines)
-
-
-async def run_benchmark(seconds: float, bpm_a: float, bpm_b: float, lead: float, mean_gap: float, seed: int) -> dict[str, Any]:
-    """Start a SQLite server in a temporary directory, record a run against it, analyse it."""
-    with harness.ServerProcess("loopsync") as server:
-        run = await record(server.ws_url, bpm_a, bpm_b, lead, seconds, mean_gap, seed)
-    return analyse(run)
 
 
 # -- the same with two browser pages ------------------------------------------------------
@@ -395,52 +246,32 @@ _EDIT_JS = """({ seconds, gap, order, start }) => {
 
 def record_browser(chromium: str, seconds: float, bpm_a: float, bpm_b: float, lead: float, mean_gap: float, seed: int) -> dict[str, Any]:
     """Two pages in headless Chromium against a SQLite server; Alice edits; return both pages' stamped events."""
-    from playwright.sync_api import sync_playwright
-
     rng = random.Random(seed)
     order = list(range(STEPS))
     rng.shuffle(order)
-    with harness.ServerProcess("loopsync") as server:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=harness.CHROMIUM_ARGS)
-            pages = {}
-            for user, bpm in (("alice", bpm_a), ("bob", bpm_b)):
-                page = browser.new_context().new_page()
-                page.goto(f"{server.http_urls[0]}?room={ROOM}&user={user}&bpm={bpm:g}&lead={lead:g}")
-                page.wait_for_function("() => window.loopsync && window.loopsync.app.engine.node && window.loopsync.sync.connected",
-                                       timeout=30_000)
-                page.evaluate(_INSTRUMENT_JS)
-                pages[user] = page
-            for page in pages.values():
-                page.evaluate("() => window.loopsync.play()")
-            pages["alice"].wait_for_timeout((max(loop_seconds(bpm_a), loop_seconds(bpm_b)) + 0.1) * 1000)
-            pages["alice"].evaluate(_EDIT_JS, {"seconds": seconds, "gap": mean_gap, "order": order, "start": rng.randrange(1, 2**12)})
-            pages["alice"].wait_for_function("() => window.__bench.editing === false", timeout=(seconds + 30) * 1000, polling=200)
-            # Drain: a few bounds, so that Bob plays Alice's last update.
-            pages["bob"].wait_for_timeout((2 * (loop_seconds(bpm_a) + loop_seconds(bpm_b)) + 1) * 1000)
-            recorded = {user: page.evaluate("() => window.__bench.events") for user, page in pages.items()}
-            recorded["sample_rate"] = pages["bob"].evaluate("() => window.loopsync.context.sampleRate")
-            browser.close()
+    with harness.ServerProcess("loopsync") as server, harness.chromium(chromium) as browser:
+        url = f"{server.http_urls[0]}?room={ROOM}&lead={lead:g}"
+        pages = {user: harness.open_loopsync(harness.new_page(browser), f"{url}&user={user}&bpm={bpm:g}")
+                 for user, bpm in (("alice", bpm_a), ("bob", bpm_b))}
+        for page in pages.values():
+            page.evaluate(_INSTRUMENT_JS)
+        for page in pages.values():
+            page.evaluate("() => window.loopsync.play()")
+        pages["alice"].wait_for_timeout((max(loop_seconds(bpm_a), loop_seconds(bpm_b)) + 0.1) * 1000)
+        pages["alice"].evaluate(_EDIT_JS, {"seconds": seconds, "gap": mean_gap, "order": order, "start": rng.randrange(1, 2**12)})
+        pages["alice"].wait_for_function("() => window.__bench.editing === false", timeout=(seconds + 30) * 1000, polling=200)
+        # Drain: a few bounds, so that Bob plays Alice's last update.
+        pages["bob"].wait_for_timeout((2 * (loop_seconds(bpm_a) + loop_seconds(bpm_b)) + 1) * 1000)
+        recorded = {user: page.evaluate("() => window.__bench.events") for user, page in pages.items()}
+        recorded["sample_rate"] = pages["bob"].evaluate("() => window.loopsync.context.sampleRate")
     return recorded
 
 
 def analyse_browser(recorded: dict[str, Any], bpm_a: float, bpm_b: float, lead: float) -> dict[str, Any]:
     """The figures of :func:`analyse` from two pages' events; Bob's Loop Start is the frame his clock played it on."""
-    edits: list[dict[str, Any]] = []
-    waiting: list[dict[str, Any]] = []
-    sent_at: dict[int, float] = {}
-    seq_of_pattern: dict[str, int] = {"0" * STEPS: 0}
-    for event in recorded["alice"]:
-        if event["type"] == "edit":
-            edit = {"edit": event["t"] / 1000}
-            edits.append(edit)
-            waiting.append(edit)
-        elif event["type"] == "sync" and event.get("seq") is not None:
-            sent_at[event["seq"]] = event["t"] / 1000
-            seq_of_pattern[event["pattern"]] = event["seq"]
-            for edit in waiting:
-                edit["seq"] = event["seq"]
-            waiting = []
+    alice = [e for e in recorded["alice"] if e["type"] == "edit" or e["type"] == "sync" and e.get("seq") is not None]
+    edits, sent_at = alice_edits([(e["t"] / 1000, e["seq"] if e["type"] == "sync" else None) for e in alice])
+    seq_of_pattern = {"0" * STEPS: 0, **{e["pattern"]: e["seq"] for e in alice if e["type"] == "sync"}}
     sample_rate = float(recorded["sample_rate"])
     bob = recorded["bob"]
     steps = [e for e in bob if e["type"] == "step"]
@@ -453,10 +284,8 @@ def analyse_browser(recorded: dict[str, Any], bpm_a: float, bpm_b: float, lead: 
         heard_steps.setdefault(e["loop"], {})[e["step"]] = "alice" in e["sounded"]
         if e["step"] == 0:
             loop_start[e["loop"]] = (offset + e["frame"] / sample_rate, e["t"] / 1000)
-    played: dict[int, int] = {}
-    for loop, heard in heard_steps.items():
-        if len(heard) == STEPS and loop in loop_start:
-            played[loop] = seq_of_pattern.get("".join("1" if heard[i] else "0" for i in range(STEPS)), -1)
+    played = {loop: seq_of_pattern.get("".join("1" if heard[i] else "0" for i in range(STEPS)), -1)
+              for loop, heard in heard_steps.items() if len(heard) == STEPS and loop in loop_start}
     received_at: dict[int, tuple[int, float]] = {}
     syncs_run: list[tuple[int, int]] = []
     taken: dict[int, int] = {}
@@ -472,35 +301,145 @@ def analyse_browser(recorded: dict[str, Any], bpm_a: float, bpm_b: float, lead: 
         elif e["type"] == "applied" and e["id"] in sync_ids and e.get("atLoopStart") != sync_ids[e["id"]]:
             applied_late += 1
     not_as_synced = [loop for loop in sorted(played) if loop in taken and played[loop] != taken[loop]]
-    bound_fixed = loop_seconds(bpm_a) + loop_seconds(bpm_b) + lead
     loop_times = {loop: (on_clock, page_heard, on_clock) for loop, (on_clock, page_heard) in loop_start.items()}
-    judge_edits(edits, received_at, sent_at, played, loop_times, syncs_run, bound_fixed)
-    heard_edits = [e for e in edits if e["heard"]]
-    latencies = [e["latency"] for e in heard_edits]
-    emitted = [e["latency_emitted"] for e in heard_edits]
-    networks = [e["network"] for e in heard_edits]
     lateness = [page - clock for clock, page in loop_start.values()]
     return {
-        "client": "browser", "bpm_a": bpm_a, "bpm_b": bpm_b, "lead_s": lead,
-        "loop_a_s": loop_seconds(bpm_a), "loop_b_s": loop_seconds(bpm_b), "bound_without_network_s": bound_fixed,
-        "edits": len(edits), "updates": len(sent_at), "acks": len(sent_at), "heard": len(heard_edits),
-        "latency_s": {"min": min(latencies, default=math.nan), "p50": percentile(latencies, 0.5), "p90": percentile(latencies, 0.9),
-                      "max": max(latencies, default=math.nan), "mean": statistics.fmean(latencies) if latencies else math.nan},
-        "latency_emitted_s": {"p50": percentile(emitted, 0.5), "p90": percentile(emitted, 0.9), "max": max(emitted, default=math.nan)},
-        "network_ms": {"p50": percentile(networks, 0.5) * 1000, "p90": percentile(networks, 0.9) * 1000, "max": max(networks, default=math.nan) * 1000},
-        "model_mean_s": (loop_seconds(bpm_a) + loop_seconds(bpm_b)) / 2 + lead + (statistics.fmean(networks) if networks else 0.0),
-        "within_bound": sum(1 for e in heard_edits if e["within"]),
-        "within_bound_emitted": sum(1 for e in heard_edits if e["latency_emitted"] <= e["bound"]),
-        "smallest_margin_s": min((e["bound"] - e["latency"] for e in heard_edits), default=math.nan),
-        "first_possible": sum(1 for e in heard_edits if e["first_possible"]),
-        "in_lead_window": sum(1 for e in heard_edits if e["in_lead_window"]),
-        "bob_loops": len(played), "bob_loops_not_as_synced": not_as_synced + ([-1] * applied_late),
+        "client": "browser",
+        **summarise(edits, sent_at, received_at, played, loop_times, syncs_run, bpm_a, bpm_b, lead, lateness),
+        "acks": len(sent_at), "bob_loops": len(played), "bob_loops_not_as_synced": not_as_synced + ([-1] * applied_late),
         "missed_syncs": {"A": 0, "B": applied_late},
-        "loop_start_lateness_ms": {"p50": percentile(lateness, 0.5) * 1000, "max": max(lateness, default=math.nan) * 1000},
         "errors": [], "disconnects": sum(1 for e in bob + recorded["alice"] if e["type"] == "disconnected"),
+    }
+
+
+# -- figures of either client ----------------------------------------------------------
+
+
+def alice_edits(moments: list[tuple[float, int | None]]) -> tuple[list[dict[str, Any]], dict[int, float]]:
+    """Alice's edits, each with the seq of the update that carried it, and each update's send time.
+
+    ``moments`` are her edits ``(time, None)`` and her sends ``(time, seq)`` in
+    the order they happened: a send carries every edit since the one before.
+    """
+    edits: list[dict[str, Any]] = []
+    waiting: list[dict[str, Any]] = []
+    sent_at: dict[int, float] = {}
+    for moment, seq in moments:
+        if seq is None:
+            edits.append({"edit": moment})
+            waiting.append(edits[-1])
+        else:
+            sent_at[seq] = moment
+            for edit in waiting:
+                edit["seq"] = seq
+            waiting = []
+    return edits, sent_at
+
+
+def judge_edits(edits: list[dict[str, Any]], received_at: dict[int, tuple[int, float]], sent_at: dict[int, float],
+                played: dict[int, int], loop_times: dict[int, tuple[float, float, float]],
+                syncs_run: list[tuple[int, int]], bound_fixed: float) -> None:
+    """Mark each edit: heard in which loop, its latency against its bound, taken up at the first possible Loop Start.
+
+    ``played[loop]`` is the newest seq of alice's that bob's loop plays;
+    ``loop_times[loop]`` is (start on bob's clock, when bob's client reported
+    it, the time compared with an update's arrival for the lead window);
+    ``syncs_run`` lists (index in bob's event stream, loop synced for).
+    """
+    for edit in edits:
+        seq = edit.get("seq")
+        edit["heard"] = False
+        if seq is None or seq not in received_at:
+            continue
+        receipt_index, receipt_time = received_at[seq]
+        edit["network"] = receipt_time - sent_at[seq]
+        edit["bound"] = bound_fixed + edit["network"]
+        heard_loop = next((loop for loop in sorted(played) if played[loop] >= seq), None)
+        if heard_loop is None:
+            continue
+        on_clock, reported, _ = loop_times[heard_loop]
+        edit.update(heard=True, loop=heard_loop, latency=on_clock - edit["edit"], latency_emitted=reported - edit["edit"])
+        edit["within"] = edit["latency"] <= edit["bound"]
+        first = next((loop for sync_index, loop in syncs_run if sync_index > receipt_index), None)
+        edit["first_possible_loop"] = first
+        edit["first_possible"] = first == heard_loop
+        # Arrived after the sync moment of a loop that had not started yet: it waits that loop out, by the rule.
+        before = loop_times.get(first - 1) if first is not None else None
+        edit["in_lead_window"] = before is not None and before[2] > receipt_time
+
+
+def summarise(edits: list[dict[str, Any]], sent_at: dict[int, float], received_at: dict[int, tuple[int, float]],
+              played: dict[int, int], loop_times: dict[int, tuple[float, float, float]], syncs_run: list[tuple[int, int]],
+              bpm_a: float, bpm_b: float, lead: float, lateness: list[float]) -> dict[str, Any]:
+    """Judge every edit (:func:`judge_edits`) and sum up: latency, network, the bound, the model's mean, Bob's loops' lateness."""
+    bound_fixed = loop_seconds(bpm_a) + loop_seconds(bpm_b) + lead
+    judge_edits(edits, received_at, sent_at, played, loop_times, syncs_run, bound_fixed)
+    heard = [e for e in edits if e["heard"]]
+    latencies = sorted(e["latency"] for e in heard)
+    emitted = sorted(e["latency_emitted"] for e in heard)
+    networks = sorted(e["network"] for e in heard)
+    lateness = sorted(lateness)
+    p = harness.percentile
+    return {
+        "bpm_a": bpm_a, "bpm_b": bpm_b, "lead_s": lead,
+        "loop_a_s": loop_seconds(bpm_a), "loop_b_s": loop_seconds(bpm_b), "bound_without_network_s": bound_fixed,
+        "edits": len(edits), "updates": len(sent_at), "heard": len(heard),
+        "latency_s": {"min": min(latencies, default=math.nan), "p50": p(latencies, 0.5), "p90": p(latencies, 0.9),
+                      "max": max(latencies, default=math.nan), "mean": statistics.fmean(latencies) if latencies else math.nan},
+        "latency_emitted_s": {"p50": p(emitted, 0.5), "p90": p(emitted, 0.9), "max": max(emitted, default=math.nan)},
+        "network_ms": {"p50": p(networks, 0.5) * 1000, "p90": p(networks, 0.9) * 1000, "max": max(networks, default=math.nan) * 1000},
+        "model_mean_s": (loop_seconds(bpm_a) + loop_seconds(bpm_b)) / 2 + lead + (statistics.fmean(networks) if networks else 0.0),
+        "within_bound": sum(1 for e in heard if e["within"]),
+        "within_bound_emitted": sum(1 for e in heard if e["latency_emitted"] <= e["bound"]),
+        "smallest_margin_s": min((e["bound"] - e["latency"] for e in heard), default=math.nan),
+        "first_possible": sum(1 for e in heard if e["first_possible"]),
+        "in_lead_window": sum(1 for e in heard if e["in_lead_window"]),
+        "loop_start_lateness_ms": {"p50": p(lateness, 0.5) * 1000, "max": max(lateness, default=math.nan) * 1000},
         "histogram": text_histogram(latencies, bound_fixed + (statistics.median(networks) if networks else 0.0)),
         "per_edit": edits,
     }
+
+
+def ok(figures: dict[str, Any]) -> bool:
+    """The verdict: every edit heard, within the bound, at the first possible Loop Start; every loop as synced."""
+    return (figures["edits"] > 0 and figures["heard"] == figures["edits"] and figures["within_bound"] == figures["edits"]
+            and figures["first_possible"] == figures["edits"] and not figures["bob_loops_not_as_synced"] and not figures["errors"])
+
+
+def report(figures: dict[str, Any], seconds: float) -> str:
+    """The figures as text for people."""
+    f = figures
+    n = f["edits"] or 1
+    lat, net = f["latency_s"], f["network_ms"]
+    browser = f.get("client") == "browser"
+    lines = [
+        ("Browser pages (headless Chromium): " if browser else "Headless clients: ") + f"alice at {f['bpm_a']:g} BPM (loop {f['loop_a_s']:.3f} s) edits at random moments for {seconds:g} s,",
+        f"  bob at {f['bpm_b']:g} BPM (loop {f['loop_b_s']:.3f} s) hears; lead {f['lead_s'] * 1000:.0f} ms; server: loopsync serve --store sqlite",
+        f"edits: {f['edits']} in {f['updates']} updates ({f['acks']} acknowledged); heard by bob: {f['heard']}/{f['edits']}",
+        f"latency, edit -> bob's Loop Start that plays it: p50 {lat['p50']:.3f} s  p90 {lat['p90']:.3f} s  max {lat['max']:.3f} s"
+        f"  (min {lat['min']:.3f}, mean {lat['mean']:.3f})",
+        f"  (to the moment bob's {'page heard of that Loop Start' if browser else 'loop_start event was emitted'}:"
+        f" p50 {f['latency_emitted_s']['p50']:.3f} s, max {f['latency_emitted_s']['max']:.3f} s;"
+        f" within the bound {f['within_bound_emitted']}/{f['edits']})",
+        f"network, alice's send -> bob's receipt (commit included): p50 {net['p50']:.1f} ms  p90 {net['p90']:.1f} ms  max {net['max']:.1f} ms",
+        f"bound (DESIGN.md) = alice's loop + bob's loop + lead + network = {f['bound_without_network_s']:.3f} s + network",
+        f"  baseline: uniform random edit moments give a mean of (loop A + loop B) / 2 + lead + network = {f['model_mean_s']:.3f} s;"
+        f" measured mean {lat['mean']:.3f} s",
+        f"within the bound: {f['within_bound']}/{f['edits']} ({f['within_bound'] / n:.1%}); smallest margin {f['smallest_margin_s'] * 1000:.0f} ms",
+        f"taken up at the first possible Loop Start (bob's first sync after the update arrived): {f['first_possible']}/{f['edits']}"
+        f" ({f['first_possible'] / n:.1%}); {f['in_lead_window']} of them arrived inside the lead (after a sync moment, before its"
+        f" Loop Start) and rightly waited one more loop",
+        f"bob's loops: {f['bob_loops']}, playing other than what their sync took: {len(f['bob_loops_not_as_synced'])};"
+        + (f" answers applied after their Loop Start: {f['missed_syncs']['B']}; the page heard of a Loop Start"
+           if browser else f" missed syncs: alice {f['missed_syncs']['A']}, bob {f['missed_syncs']['B']}; loop start emitted")
+        + f" late by p50 {f['loop_start_lateness_ms']['p50']:.1f} ms, max {f['loop_start_lateness_ms']['max']:.1f} ms",
+    ]
+    if f["errors"] or f["disconnects"]:
+        lines.append(f"errors: {f['errors']}; disconnects: {f['disconnects']}")
+    lines.append("latency histogram (bins of a twentieth of the bound with the median network; each edit is checked against its own):")
+    lines += f["histogram"]
+    lines.append("verdict: " + ("OK" if ok(f) else "FAILED"))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -516,17 +455,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="random seed of the edit moments and steps")
     parser.add_argument("--json", type=Path, help="write every figure, and every edit, to this file")
     parser.add_argument("--browser", action="store_true", help="two pages in headless Chromium instead of two headless clients")
-    parser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium binary for --browser")
+    parser.add_argument("--chromium", default=harness.CHROMIUM, help="the Chromium binary for --browser")
     args = parser.parse_args(argv)
     seconds = args.seconds or (300.0 if args.long else 3.0 if args.smoke else 60.0)
     if args.browser:
         recorded = record_browser(args.chromium, seconds, args.bpm_a, args.bpm_b, args.lead, args.gap, args.seed)
         figures = analyse_browser(recorded, args.bpm_a, args.bpm_b, args.lead)
     else:
-        figures = asyncio.run(run_benchmark(seconds, args.bpm_a, args.bpm_b, args.lead, args.gap, args.seed))
+        with harness.ServerProcess("loopsync") as server:
+            run = asyncio.run(record(server.ws_url, args.bpm_a, args.bpm_b, args.lead, seconds, args.gap, args.seed))
+        figures = analyse(run)
     print(report(figures, seconds), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=1))
+    harness.write_json(args.json, figures)
     return 0 if ok(figures) else 1
 
 
