@@ -260,7 +260,9 @@ async def restart(server: ServerProcess, members: list[Member], rng: random.Rand
                   moving: asyncio.Event, kills: list[Kill], result: Result) -> None:
     """Restart the server, or kill one cluster worker, ``config.restarts`` times, evenly spread; SIGKILL first, then alternating with SIGTERM.
 
-    The users keep still (``moving`` clear) from just before each signal until every client is back with nothing unconfirmed.
+    The users keep still (``moving`` clear) around each signal: every client plays and the run waits until all are
+    connected with nothing unconfirmed; then each toggles one step and the signal goes at once, so every client has
+    exactly one edit that needs an ack after it; the users move again once all are back with nothing unconfirmed.
     """
     clients = [m.client for m in members if m.client is not None]
     for index in range(config.restarts):
@@ -268,17 +270,18 @@ async def restart(server: ServerProcess, members: list[Member], rng: random.Rand
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         signal_number = signal.SIGKILL if index % 2 == 0 else signal.SIGTERM
         moving.clear()
-        await wait_until(lambda: all(client.joined for client in clients), config.quiet_timeout)
-        if config.cluster:
-            await spread(members, rng, config)
         for client in clients:
             client.play()
+        if config.cluster:
+            await spread(members, rng, config)
+        await wait_until(lambda: settled(members), config.quiet_timeout)
+        for client in clients:
             client.toggle(rng.randrange(STEPS))
         kill = Kill(time.monotonic(), {m.user: node_of(m.client) for m in members if m.client is not None and m.client.joined})
-        if config.cluster:
-            os.kill(worker_pids(server.pid)[0], signal_number)  # the supervisor starts another
-        else:
-            await asyncio.to_thread(server.stop, signal_number)
+        # The signal goes from here, not from a thread: no client may send its edit before it.
+        os.kill(worker_pids(server.pid)[0] if config.cluster else server.pid, signal_number)
+        if not config.cluster:  # a cluster's supervisor starts another worker by itself
+            await asyncio.to_thread(server.stop, signal_number)  # waits for the exit
             await asyncio.sleep(config.down_seconds)
             await asyncio.to_thread(server.start)
         await wait_until(lambda: settled(members), config.quiet_timeout)
@@ -291,8 +294,10 @@ async def restart(server: ServerProcess, members: list[Member], rng: random.Rand
 
 async def spread(members: list[Member], rng: random.Random, config: Config) -> None:
     """Cut connections until the clients sit on both workers: a kill with all of them on one side times nothing or spares nobody."""
+    clients = [m.client for m in members if m.client is not None]
     for _ in range(20):
-        if len({node_of(m.client) for m in members if m.client is not None}) > 1:
+        await wait_until(lambda: all(client.joined for client in clients), config.quiet_timeout)
+        if len({node_of(client) for client in clients if client.joined}) > 1:
             return
         member = rng.choice(members)
         client, connections = member.client, member.connections
