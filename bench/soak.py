@@ -210,10 +210,9 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        """Nothing lost, every copy agrees, every client came back."""
+        """Nothing lost, every copy agrees, every client came back (a surviving worker's client never left: see the problems)."""
         return (self.lost == 0 and self.settled and self.store_agrees_with_snapshot and self.local_agrees == self.clients
-                and self.own_agrees == self.clients and self.presence_agrees == self.clients and self.survivors_disconnected == 0
-                and not self.problems)
+                and self.own_agrees == self.clients and self.presence_agrees == self.clients and not self.problems)
 
 
 # -- the run --------------------------------------------------------------------------
@@ -248,7 +247,9 @@ async def cut(members: list[Member], rng: random.Random, config: Config, end: fl
         await asyncio.sleep(rng.uniform(*config.cut_gap))
         if time.monotonic() >= end:
             return
-        connected = [m for m in members if m.client is not None and m.client.joined and moving.is_set()]
+        if not moving.is_set():
+            continue
+        connected = [m for m in members if m.client is not None and m.client.joined]
         if connected:
             member = rng.choice(connected)
             assert member.client is not None
@@ -421,7 +422,7 @@ def check_failover(members: list[Member], kills: list[Kill], result: Result) -> 
 
     The clients a kill cut are those on the node of the first client to lose its connection after it (one process: all).
     """
-    failover_ms = []
+    failover_ms: list[float] = []
     for kill in kills:
         dropped = {m.user: [at for at in m.dropped_at if kill.at <= at <= kill.until] for m in members}
         first = min(((at[0], user) for user, at in dropped.items() if at), default=None)
@@ -449,7 +450,7 @@ def check_failover(members: list[Member], kills: list[Kill], result: Result) -> 
 
 
 async def soak(config: Config, data_dir: Path) -> Result:
-    """Run one soak against a SQLite server in ``data_dir``; return the figures (nothing printed)."""
+    """Run one soak against a SQLite server in ``data_dir`` (or a cluster); return the figures (nothing printed)."""
     rng = random.Random(config.seed)
     result = Result(config.clients, config.rooms, config.seconds, "cluster-2" if config.cluster else "loopsync")
     server = ServerProcess(result.server, data_dir)
@@ -463,8 +464,9 @@ async def soak(config: Config, data_dir: Path) -> Result:
         await asyncio.wait_for(asyncio.gather(*(m.client.wait_joined() for m in members if m.client)), 30)
         start = time.monotonic()
         end = start + config.seconds
-        moving, kills = asyncio.Event(), list[Kill]()
+        moving = asyncio.Event()
         moving.set()
+        kills: list[Kill] = []
         tasks = [asyncio.create_task(act(m, random.Random(rng.random()), config, end, moving)) for m in members]
         tasks.append(asyncio.create_task(cut(members, random.Random(rng.random()), config, end, moving)))
         tasks.append(asyncio.create_task(restart(server, members, random.Random(rng.random()), config, start, moving, kills, result)))
@@ -489,7 +491,6 @@ async def soak(config: Config, data_dir: Path) -> Result:
                                            f"dirty {client.sync.dirty()}, in flight {sorted(client.sync.in_flight)}")
         check_presence(members, result)
         snapshots = {room: await read_snapshot(server.ws_url, room) for room in sorted({m.room for m in members})}
-        assert server.postgres_dsn is not None or not config.cluster
         store = await read_postgres(server.postgres_dsn) if server.postgres_dsn else read_store(data_dir)
         check(members, snapshots, store, result)
         check_failover(members, kills, result)
