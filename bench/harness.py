@@ -215,6 +215,11 @@ class ServerProcess:
     def ws_url(self) -> str:
         return self.ws_urls[0]
 
+    @property
+    def postgres_dsn(self) -> str | None:
+        """The database a kind with the ``postgres`` service stores in (its URL, once started); None for the others."""
+        return self._service_names.get("postgres")
+
     def start(self) -> None:
         """Start the server and wait for its ready line (``START_TIMEOUT_SECONDS`` at most)."""
         spec = self.spec

@@ -14,16 +14,33 @@ plays, changes tempo. Meanwhile:
   back by themselves. ``--long`` runs five minutes with three restarts,
   alternating SIGKILL and SIGTERM.
 
+``--cluster`` runs the cluster instead (harness kind ``cluster-2``: two
+worker processes sharing one port, PostgreSQL and Redis started for the run)
+and kills one worker instead of the server: its clients reconnect to the same
+URL and land on the other worker (``SO_REUSEPORT``), while the supervisor
+starts a new one.
+
+The users keep still around each kill (no edits, pauses or cuts), so that
+what is timed is the failover and not a user: the run waits until every
+client is connected (in a cluster, on both workers), has every client play
+and toggle one step (an edit not yet sent when the signal goes), and lets
+the users move again once all are back with nothing unconfirmed. The
+**failover time** of a client whose connection the kill cut is from the
+signal to its first ``ack`` after that (on a new connection, so from the
+surviving worker or the restarted server). In a cluster, the clients on the
+surviving worker must not lose their connection at all.
+
 Then a quiet period: every client plays, and the run waits until every client
 is connected with no edit unconfirmed and has played a whole loop since. The
 checks, against the server's Shared Data read twice (a ``snapshot`` over a
-fresh raw connection, and the SQLite file):
+fresh raw connection, and the store of record: the SQLite file, or
+PostgreSQL's ``loopsync.parts`` for ``--cluster``):
 
 - every acknowledged update is there: the server holds that part, or a later
   one of the same user (an update carries the whole part, so a later one
   replaces it); an acknowledged update whose seq the server no longer has is
   lost;
-- the snapshot and the SQLite file agree;
+- the snapshot and the store of record agree;
 - every client's Local Data equals the room's Shared Data (so all copies agree
   with each other), and each client's own part on the server equals its final
   local part.
@@ -33,9 +50,11 @@ Usage::
     python bench/soak.py            # 12 clients in 3 rooms, 60 s, one restart
     python bench/soak.py --long     # 300 s, three restarts
     python bench/soak.py --smoke    # 6 clients in 2 rooms, a few seconds (the test suite)
+    python bench/soak.py --cluster  # the same against two cluster workers; one of them killed
 
-Exit code 1 if anything acknowledged is lost, a copy disagrees, or a client
-did not come back; 0 otherwise.
+Exit code 1 if anything acknowledged is lost, a copy disagrees, a client
+did not come back, or a client on a surviving worker lost its connection;
+0 otherwise.
 """
 
 from __future__ import annotations
@@ -43,6 +62,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import os
 import random
 import signal
 import sqlite3
@@ -52,7 +73,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 
@@ -61,7 +82,7 @@ from loopsync.document import SOUNDS, Part, copy_part
 
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parent))
-from harness import ServerProcess  # noqa: E402  (a sibling script)
+from harness import ServerProcess, percentile  # noqa: E402  (a sibling script)
 from latency import loop_seconds  # noqa: E402  (a sibling script)
 
 STEPS = 16
@@ -84,6 +105,8 @@ class Config:
     """How long the server stays down at a restart."""
     quiet_timeout: float = 30.0
     seed: int = 1
+    cluster: bool = False
+    """Two cluster workers on PostgreSQL and Redis; a restart kills one worker."""
 
 
 @dataclass
@@ -100,6 +123,11 @@ class Member:
     disconnects: int = 0
     cuts: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    acked_at: list[float] = field(default_factory=list)
+    dropped_at: list[float] = field(default_factory=list)
+    """When each connection that had joined ended (``time.monotonic()``)."""
+    joined_on: list[tuple[float, str]] = field(default_factory=list)
+    """When each connection joined, and the node it joined (see :func:`node_of`)."""
 
     def on_event(self, event: Event) -> None:
         # Updates are recorded when the client queues them (its in-flight set), not only when the
@@ -112,6 +140,7 @@ class Member:
         if name == "sent" and event["message"].get("type") == "update":
             self.sent.setdefault(int(event["message"]["seq"]), event["message"]["part"])
         elif name == "ack":
+            self.acked_at.append(event["monotonic"])
             seq = int(event["seq"])
             if seq in self.sent:
                 self.acked[seq] = self.sent[seq]
@@ -121,10 +150,27 @@ class Member:
             self.edits += 1
         elif name == "connected":
             self.connections += 1
+            if self.client is not None:
+                self.joined_on.append((event["monotonic"], node_of(self.client)))
         elif name == "disconnected" and event["was_connected"]:
             self.disconnects += 1
+            self.dropped_at.append(event["monotonic"])
         elif name == "error":
             self.errors[str(event.get("code"))] += 1
+
+
+def node_of(client: Client) -> str:
+    """The node a client's connection is on: its presence id names it in a cluster (``3f9a0c1e-17``); one process has one ('')."""
+    return (client.presence_table.own_id or "").rpartition("-")[0]
+
+
+@dataclass
+class Kill:
+    """One restart: when the signal went, the node each client was on then, and when the users moved again."""
+
+    at: float
+    nodes: dict[str, str]
+    until: float = 0.0
 
 
 @dataclass
@@ -134,6 +180,7 @@ class Result:
     clients: int
     rooms: int
     seconds: float
+    server: str = "loopsync"
     edits: int = 0
     updates_sent: int = 0
     acknowledged: int = 0
@@ -145,6 +192,13 @@ class Result:
     reconnections: int = 0
     restarts: int = 0
     restart_signals: list[str] = field(default_factory=list)
+    failover_ms: dict[str, float] = field(default_factory=dict)
+    """From a kill to the first ack of each client whose connection it cut: ``clients``, ``p50``, ``max``."""
+    landed_on_survivor: int = 0
+    """Clients of a killed worker whose first new connection went to the surviving worker (not to its replacement)."""
+    survivors: int = 0
+    """Clients on the surviving worker at a kill (summed over kills)."""
+    survivors_disconnected: int = 0
     settled: bool = False
     settle_seconds: float = 0.0
     store_agrees_with_snapshot: bool = False
@@ -156,7 +210,7 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        """Nothing lost, every copy agrees, every client came back."""
+        """Nothing lost, every copy agrees, every client came back (a surviving worker's client never left: see the problems)."""
         return (self.lost == 0 and self.settled and self.store_agrees_with_snapshot and self.local_agrees == self.clients
                 and self.own_agrees == self.clients and self.presence_agrees == self.clients and not self.problems)
 
@@ -164,14 +218,16 @@ class Result:
 # -- the run --------------------------------------------------------------------------
 
 
-async def act(member: Member, rng: random.Random, config: Config, end: float) -> None:
-    """One client's user: random edits, pauses, plays and tempo changes until ``end``."""
+async def act(member: Member, rng: random.Random, config: Config, end: float, moving: asyncio.Event) -> None:
+    """One client's user: random edits, pauses, plays and tempo changes until ``end`` (none while ``moving`` is clear)."""
     client = member.client
     assert client is not None
     for _ in range(int(config.seconds / config.action_gap[0]) + 1):
         await asyncio.sleep(rng.uniform(*config.action_gap))
         if time.monotonic() >= end:
             return
+        if not moving.is_set():
+            continue
         roll = rng.random()
         if not client.clock.playing and roll < 0.4:
             client.play()
@@ -185,12 +241,14 @@ async def act(member: Member, rng: random.Random, config: Config, end: float) ->
             client.set_bpm(round(rng.uniform(*config.bpm)))
 
 
-async def cut(members: list[Member], rng: random.Random, config: Config, end: float) -> None:
-    """Every few seconds, cut one connected client's connection abruptly."""
+async def cut(members: list[Member], rng: random.Random, config: Config, end: float, moving: asyncio.Event) -> None:
+    """Every few seconds, cut one connected client's connection abruptly (none while ``moving`` is clear)."""
     for _ in range(int(config.seconds / config.cut_gap[0]) + 1):
         await asyncio.sleep(rng.uniform(*config.cut_gap))
         if time.monotonic() >= end:
             return
+        if not moving.is_set():
+            continue
         connected = [m for m in members if m.client is not None and m.client.joined]
         if connected:
             member = rng.choice(connected)
@@ -199,17 +257,68 @@ async def cut(members: list[Member], rng: random.Random, config: Config, end: fl
             member.cuts += 1
 
 
-async def restart(server: ServerProcess, config: Config, start: float, result: Result) -> None:
-    """Restart the server ``config.restarts`` times, evenly spread; SIGKILL first, then alternating with SIGTERM."""
+async def restart(server: ServerProcess, members: list[Member], rng: random.Random, config: Config, start: float,
+                  moving: asyncio.Event, kills: list[Kill], result: Result) -> None:
+    """Restart the server, or kill one cluster worker, ``config.restarts`` times, evenly spread; SIGKILL first, then alternating with SIGTERM.
+
+    The users keep still (``moving`` clear) around each signal: every client plays and the run waits until all are
+    connected with nothing unconfirmed; then each toggles one step and the signal goes at once, so every client has
+    exactly one edit that needs an ack after it; the users move again once all are back with nothing unconfirmed.
+    """
+    clients = [m.client for m in members if m.client is not None]
     for index in range(config.restarts):
         at = start + config.seconds * (index + 1) / (config.restarts + 1)
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         signal_number = signal.SIGKILL if index % 2 == 0 else signal.SIGTERM
-        await asyncio.to_thread(server.stop, signal_number)
-        await asyncio.sleep(config.down_seconds)
-        await asyncio.to_thread(server.start)
+        moving.clear()
+        for client in clients:
+            client.play()
+        if config.cluster:
+            await spread(members, rng, config)
+        await wait_until(lambda: settled(members), config.quiet_timeout)
+        for client in clients:
+            client.toggle(rng.randrange(STEPS))
+        kill = Kill(time.monotonic(), {m.user: node_of(m.client) for m in members if m.client is not None and m.client.joined})
+        # The signal goes from here, not from a thread: no client may send its edit before it.
+        os.kill(worker_pids(server.pid)[0] if config.cluster else server.pid, signal_number)
+        if not config.cluster:  # a cluster's supervisor starts another worker by itself
+            await asyncio.to_thread(server.stop, signal_number)  # waits for the exit
+            await asyncio.sleep(config.down_seconds)
+            await asyncio.to_thread(server.start)
+        await wait_until(lambda: settled(members), config.quiet_timeout)
+        kill.until = time.monotonic()
+        kills.append(kill)
+        moving.set()
         result.restarts += 1
         result.restart_signals.append(signal_number.name)
+
+
+async def spread(members: list[Member], rng: random.Random, config: Config) -> None:
+    """Cut connections until the clients sit on both workers: a kill with all of them on one side times nothing or spares nobody."""
+    clients = [m.client for m in members if m.client is not None]
+    for _ in range(20):
+        await wait_until(lambda: all(client.joined for client in clients), config.quiet_timeout)
+        if len({node_of(client) for client in clients if client.joined}) > 1:
+            return
+        member = rng.choice(members)
+        client, connections = member.client, member.connections
+        assert client is not None
+        client.drop_connection()
+        member.cuts += 1
+        await wait_until(lambda: member.connections > connections and client.joined, config.quiet_timeout)
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The processes that ``pid`` started (a cluster supervisor's workers)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; whether it holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return predicate()
 
 
 def settled(members: list[Member]) -> bool:
@@ -239,6 +348,22 @@ def read_store(data_dir: Path) -> dict[str, dict[str, tuple[int, Part]]]:
         rows = connection.execute("SELECT room, user, seq, part FROM parts").fetchall()
     finally:
         connection.close()
+    return store_of(rows)
+
+
+async def read_postgres(dsn: str) -> dict[str, dict[str, tuple[int, Part]]]:
+    """PostgreSQL's parts (a cluster's store of record): room -> user -> (seq, part)."""
+    import asyncpg  # the cluster extra: only --cluster needs it
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch("SELECT room, user_name, seq, part::text FROM loopsync.parts")
+    finally:
+        await connection.close()
+    return store_of([tuple(row) for row in rows])
+
+
+def store_of(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, tuple[int, Part]]]:
     store: dict[str, dict[str, tuple[int, Part]]] = {}
     for room, user, seq, part in rows:
         store.setdefault(room, {})[user] = (int(seq), json.loads(part))
@@ -264,7 +389,7 @@ def check(members: list[Member], snapshots: dict[str, dict[str, Any]], store: di
         snapshot["doc"]["parts"] == {user: part for user, (_, part) in store.get(room, {}).items()} for room, snapshot in snapshots.items()
     )
     if not result.store_agrees_with_snapshot:
-        result.problems.append("the snapshot and the SQLite file differ")
+        result.problems.append("the snapshot and the store of record differ")
     for member in members:
         client = member.client
         assert client is not None
@@ -292,11 +417,43 @@ def check(members: list[Member], snapshots: dict[str, dict[str, Any]], store: di
             result.problems.append(f"{member.room}/{member.user}: Local Data differs from Shared Data")
 
 
+def check_failover(members: list[Member], kills: list[Kill], result: Result) -> None:
+    """Time each kill's failover and check that the clients of the other worker never noticed it.
+
+    The clients a kill cut are those on the node of the first client to lose its connection after it (one process: all).
+    """
+    failover_ms: list[float] = []
+    for kill in kills:
+        dropped = {m.user: [at for at in m.dropped_at if kill.at <= at <= kill.until] for m in members}
+        first = min(((at[0], user) for user, at in dropped.items() if at), default=None)
+        dead = kill.nodes.get(first[1]) if first is not None else None
+        for member in members:
+            node, drops = kill.nodes.get(member.user), dropped[member.user]
+            if node is None or dead is None:
+                continue
+            if node != dead:
+                result.survivors += 1
+                result.survivors_disconnected += bool(drops)
+                if drops:
+                    result.problems.append(f"{member.room}/{member.user} on the surviving worker lost its connection at the kill")
+                continue
+            acks = [at for at in member.acked_at if drops and drops[0] < at <= kill.until]
+            if not acks:
+                result.problems.append(f"{member.room}/{member.user}: its connection was cut by the kill, and no ack came after it")
+                continue
+            failover_ms.append((acks[0] - kill.at) * 1000)
+            nodes = [joined for at, joined in member.joined_on if drops[0] < at]
+            result.landed_on_survivor += bool(nodes) and nodes[0] in set(kill.nodes.values()) - {dead}
+    failover_ms.sort()
+    result.failover_ms = {"clients": len(failover_ms), "p50": round(percentile(failover_ms, 0.5), 1),
+                          "max": round(failover_ms[-1], 1) if failover_ms else math.nan}
+
+
 async def soak(config: Config, data_dir: Path) -> Result:
-    """Run one soak against a SQLite server in ``data_dir``; return the figures (nothing printed)."""
+    """Run one soak against a SQLite server in ``data_dir`` (or a cluster); return the figures (nothing printed)."""
     rng = random.Random(config.seed)
-    result = Result(config.clients, config.rooms, config.seconds)
-    server = ServerProcess("loopsync", data_dir)
+    result = Result(config.clients, config.rooms, config.seconds, "cluster-2" if config.cluster else "loopsync")
+    server = ServerProcess(result.server, data_dir)
     await asyncio.to_thread(server.start)
     members = [Member(f"room{index % config.rooms}", f"user{index}") for index in range(config.clients)]
     try:
@@ -307,19 +464,19 @@ async def soak(config: Config, data_dir: Path) -> Result:
         await asyncio.wait_for(asyncio.gather(*(m.client.wait_joined() for m in members if m.client)), 30)
         start = time.monotonic()
         end = start + config.seconds
-        tasks = [asyncio.create_task(act(m, random.Random(rng.random()), config, end)) for m in members]
-        tasks.append(asyncio.create_task(cut(members, random.Random(rng.random()), config, end)))
-        tasks.append(asyncio.create_task(restart(server, config, start, result)))
+        moving = asyncio.Event()
+        moving.set()
+        kills: list[Kill] = []
+        tasks = [asyncio.create_task(act(m, random.Random(rng.random()), config, end, moving)) for m in members]
+        tasks.append(asyncio.create_task(cut(members, random.Random(rng.random()), config, end, moving)))
+        tasks.append(asyncio.create_task(restart(server, members, random.Random(rng.random()), config, start, moving, kills, result)))
         await asyncio.gather(*tasks)
         # The quiet period: everyone plays; wait until all are back with nothing unconfirmed.
         quiet = time.monotonic()
         for member in members:
             assert member.client is not None
             member.client.play()
-        deadline = quiet + config.quiet_timeout
-        while time.monotonic() < deadline and not settled(members):
-            await asyncio.sleep(0.05)
-        result.settled = settled(members)
+        result.settled = await wait_until(lambda: settled(members), config.quiet_timeout)
         if result.settled:
             # Every client syncs and starts one more loop with the last Shared Data.
             await asyncio.sleep(max(loop_seconds(m.client.clock.bpm) for m in members if m.client) * 2 + 0.2)
@@ -334,7 +491,9 @@ async def soak(config: Config, data_dir: Path) -> Result:
                                            f"dirty {client.sync.dirty()}, in flight {sorted(client.sync.in_flight)}")
         check_presence(members, result)
         snapshots = {room: await read_snapshot(server.ws_url, room) for room in sorted({m.room for m in members})}
-        check(members, snapshots, read_store(data_dir), result)
+        store = await read_postgres(server.postgres_dsn) if server.postgres_dsn else read_store(data_dir)
+        check(members, snapshots, store, result)
+        check_failover(members, kills, result)
     finally:
         for member in members:
             if member.client is not None:
@@ -356,16 +515,25 @@ async def soak(config: Config, data_dir: Path) -> Result:
 def report(result: Result, config: Config) -> str:
     """The figures as text for people."""
     r = result
+    restarts = "worker kills" if config.cluster else "server restarts"
+    server = "loopsync serve --workers 2 (cluster-2: PostgreSQL + Redis)" if config.cluster else "loopsync serve --store sqlite"
+    store = "PostgreSQL" if config.cluster else "SQLite"
+    failover = (f"failover (signal to first ack) of the {r.failover_ms.get('clients', 0)} clients the {restarts[:-1]} cut:"
+                f" p50 {r.failover_ms.get('p50', math.nan):.0f} ms, max {r.failover_ms.get('max', math.nan):.0f} ms")
+    if config.cluster:
+        failover += (f"; {r.landed_on_survivor} of them reconnected to the surviving worker;"
+                     f" clients of the surviving worker that lost their connection: {r.survivors_disconnected} of {r.survivors}")
     lines = [
         f"Soak: {r.clients} clients in {r.rooms} rooms, {r.seconds:g} s of random edits, pauses, plays and tempo changes;",
-        f"  a cut every {config.cut_gap[0]:g}-{config.cut_gap[1]:g} s; server restarts: {r.restarts} ({', '.join(r.restart_signals) or 'none'});"
-        f" server: loopsync serve --store sqlite",
+        f"  a cut every {config.cut_gap[0]:g}-{config.cut_gap[1]:g} s; {restarts}: {r.restarts} ({', '.join(r.restart_signals) or 'none'});"
+        f" server: {server}",
         f"edits: {r.edits}; updates sent: {r.updates_sent}; acknowledged: {r.acknowledged}"
         f" (kept as sent: {r.kept}, replaced by a later part of the same user: {r.superseded}); lost: {r.lost}",
-        f"disconnects survived: {r.disconnects} ({r.cuts} abrupt cuts, the rest server restarts); reconnections: {r.reconnections};"
+        f"disconnects survived: {r.disconnects} ({r.cuts} abrupt cuts, the rest {restarts}); reconnections: {r.reconnections};"
         f" restarts survived: {r.restarts if r.settled else 0}/{r.restarts}",
         f"quiet period: {'settled' if r.settled else 'NOT settled'} after {r.settle_seconds:.1f} s;"
-        f" snapshot and SQLite agree: {'yes' if r.store_agrees_with_snapshot else 'NO'}",
+        f" snapshot and {store} agree: {'yes' if r.store_agrees_with_snapshot else 'NO'}",
+        failover,
         f"Local Data equal to Shared Data: {r.local_agrees}/{r.clients} clients; own part on the server equal to the local one: {r.own_agrees}/{r.clients};"
         f" presence right: {r.presence_agrees}/{r.clients}",
         f"errors from the server or the client: {r.errors or 'none'}",
@@ -380,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--long", action="store_true", help="300 s and three restarts")
     length.add_argument("--smoke", action="store_true", help="6 clients in 2 rooms for 5 s, one restart (the test suite)")
+    parser.add_argument("--cluster", action="store_true", help="two cluster workers on PostgreSQL and Redis; a restart kills one worker")
     parser.add_argument("--clients", type=int, help="number of clients (default 12)")
     parser.add_argument("--rooms", type=int, help="number of rooms (default 3)")
     parser.add_argument("--seconds", type=float, help="length of the busy part (default 60)")
@@ -396,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("clients", "rooms", "seconds", "restarts"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
-    config.seed = args.seed
+    config.seed, config.cluster = args.seed, args.cluster
     with tempfile.TemporaryDirectory(prefix="loopsync-soak-") as tmp:
         result = asyncio.run(soak(config, Path(tmp) / "data"))
     print(report(result, config), flush=True)

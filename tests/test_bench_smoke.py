@@ -60,6 +60,20 @@ def test_soak_smoke(tmp_path: Path) -> None:
     assert figures["ok"] and figures["lost"] == 0 and figures["restarts"] == 1
     assert figures["acknowledged"] > 0 and figures["cuts"] > 0
     assert re.search(r"acknowledged: \d+ .*lost: 0", result.stdout)
+    assert figures["failover_ms"]["clients"] == 6  # one process: the restart cuts every client
+    assert "verdict: OK" in result.stdout
+
+
+def test_soak_cluster_smoke(tmp_path: Path) -> None:
+    """bench/soak.py --cluster --smoke: one of two workers killed; its clients fail over, the other's never reconnect, nothing lost."""
+    result = run_bench("soak.py", "--cluster", "--smoke", "--json", str(tmp_path / "soak.json"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads((tmp_path / "soak.json").read_text())
+    assert figures["ok"] and figures["lost"] == 0 and figures["restarts"] == 1 and figures["server"] == "cluster-2"
+    assert figures["store_agrees_with_snapshot"]  # the snapshot against PostgreSQL
+    assert figures["failover_ms"]["clients"] >= 1 and figures["failover_ms"]["max"] < 30_000
+    assert figures["survivors"] >= 1 and figures["survivors_disconnected"] == 0
+    assert re.search(r"failover \(signal to first ack\) of the \d+ clients the worker kill cut: p50 \d+ ms, max \d+ ms", result.stdout)
     assert "verdict: OK" in result.stdout
 
 
