@@ -445,8 +445,9 @@ def check_failover(members: list[Member], kills: list[Kill], result: Result) -> 
             nodes = [joined for at, joined in member.joined_on if drops[0] < at]
             result.landed_on_survivor += bool(nodes) and nodes[0] in set(kill.nodes.values()) - {dead}
     failover_ms.sort()
-    result.failover_ms = {"clients": len(failover_ms), "p50": round(percentile(failover_ms, 0.5), 1),
-                          "max": round(failover_ms[-1], 1) if failover_ms else math.nan}
+    result.failover_ms = {"clients": len(failover_ms)}  # JSON has no NaN: no figures when nobody was timed
+    if failover_ms:
+        result.failover_ms.update(p50=round(percentile(failover_ms, 0.5), 1), max=round(failover_ms[-1], 1))
 
 
 async def soak(config: Config, data_dir: Path) -> Result:
