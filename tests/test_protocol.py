@@ -130,7 +130,7 @@ def test_server_messages_have_the_documented_shapes() -> None:
     assert json.loads(update) == {"type": "update", "user": "bob", "seq": 3, "revision": 13, "part": KICK}
     assert json.loads(protocol.update_message(user="bob", seq=0, revision=14, part=None))["part"] is None
     entry = protocol.presence_entry("7", "a", True, None)
-    assert json.loads(protocol.presence_table([orjson.dumps(entry)])) == {"type": "presence", "users": [{"id": "7", "user": "a", "playing": True, "bpm": None}]}
+    assert json.loads(protocol.presence_table([orjson.Fragment(orjson.dumps(entry))])) == {"type": "presence", "users": [{"id": "7", "user": "a", "playing": True, "bpm": None}]}
     assert json.loads(protocol.presence_changes([entry], ["8"])) == {"type": "presence", "changed": [entry], "left": ["8"]}
     assert json.loads(protocol.error_message(Invalid("stale_seq", "m"), 5)) == {"type": "error", "code": "stale_seq", "message": "m", "seq": 5}
     assert json.loads(protocol.error_message(Invalid("bad_json", "m"))) == {"type": "error", "code": "bad_json", "message": "m"}

@@ -155,6 +155,18 @@ def test_more_changes_than_the_table_send_the_table() -> None:
     assert room.take_presence_changes(64) is None
 
 
+def test_a_transport_storm_is_told_as_changes_never_as_tables() -> None:
+    """Every member of a room of 100 changing at once: 64 changes, then the other 36 (a table would cost every member the whole room)."""
+    room = Room("demo")
+    for index in range(100):
+        room.join(str(index), f"u{index}", False, None)
+    room.take_presence_changes(64)
+    room.take_presence_changes(64)
+    for index in range(100):
+        room.set_transport(str(index), True, 90.0)
+    assert [len(json.loads(room.take_presence_changes(64) or b"")["changed"]) for _ in range(2)] == [64, 36]
+
+
 def test_a_joiner_that_leaves_unheard_of_leaves_nothing_to_tell() -> None:
     """Its own table does not announce a joiner; a table another joiner got does."""
     room = Room("demo")

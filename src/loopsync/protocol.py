@@ -216,9 +216,9 @@ def presence_entry(presence_id: str, user: str, playing: bool, bpm: float | None
     return {"id": presence_id, "user": user, "playing": playing, "bpm": bpm}
 
 
-def presence_table(entries: Iterable[bytes]) -> bytes:
+def presence_table(entries: Iterable[orjson.Fragment]) -> bytes:
     """The whole presence table of a room, from its entries already encoded: replaces whatever the client had."""
-    return b'{"type":"presence","users":[' + b",".join(entries) + b"]}"
+    return orjson.dumps({"type": "presence", "users": list(entries)})
 
 
 def presence_changes(changed: Iterable[Mapping[str, Any]], left: Iterable[str]) -> bytes:
