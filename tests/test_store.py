@@ -125,27 +125,6 @@ async def test_a_database_of_schema_1_is_migrated(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_a_database_of_schema_2_is_migrated(tmp_path: Path) -> None:
-    """A file with rowid tables opens with its parts and room revisions intact, its tables keyed by their primary keys alone."""
-    with sqlite3.connect(tmp_path / "loopsync.sqlite3") as connection:
-        connection.execute("CREATE TABLE parts (room TEXT NOT NULL, user TEXT NOT NULL, seq INTEGER NOT NULL, "
-                           "revision INTEGER NOT NULL, part TEXT NOT NULL, PRIMARY KEY (room, user))")
-        connection.execute("CREATE TABLE rooms (room TEXT PRIMARY KEY, revision INTEGER NOT NULL)")
-        connection.execute("INSERT INTO parts VALUES ('demo', 'alice', 3, 7, ?)", ('{"sound":"kick","steps":[1,0,0,0,1,0,0,0,1,0,0,0,1,0,0,0]}',))
-        connection.execute("INSERT INTO rooms VALUES ('demo', 9)")  # revisions 8 and 9 removed parts
-        connection.execute("PRAGMA user_version = 2")
-    store = SqliteStore(tmp_path)
-    await store.open()
-    assert await store.load_room("demo") == RoomRecord(9, [Accepted("demo", "alice", 3, 7, KICK)])
-    room = Room("demo", await store.load_room("demo"))
-    assert await propose(store, room, "bob", 1, HAT) == [Accepted("demo", "bob", 1, 10, HAT)]
-    await store.close()
-    with sqlite3.connect(tmp_path / "loopsync.sqlite3") as connection:
-        tables = dict(connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
-        assert connection.execute("PRAGMA user_version").fetchone() == (3,)
-    assert set(tables) == {"parts", "rooms"} and all(sql.endswith("WITHOUT ROWID") for sql in tables.values())
-
-
 async def test_second_store_on_a_directory_is_refused(tmp_path: Path) -> None:
     """Only one store may hold a data directory; the lock is released on close."""
     first = SqliteStore(tmp_path)

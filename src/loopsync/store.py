@@ -46,7 +46,7 @@ from .document import Invalid
 from .rooms import Accepted, Proposal, RoomRecord, sequence
 
 DATABASE_NAME = "loopsync.sqlite3"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 2
 COMMIT_INTERVAL_SECONDS = 0.003
 """The shortest time from one batch's start to the next one's. A commit costs
 about 0.1 ms of CPU however few records it holds (fsync, WAL headers), so
@@ -141,27 +141,20 @@ class MemoryStore:
 
 
 _SCHEMA = """
-CREATE TABLE parts (
+CREATE TABLE IF NOT EXISTS parts (
     room TEXT NOT NULL,
     user TEXT NOT NULL,
     seq INTEGER NOT NULL,
     revision INTEGER NOT NULL,
     part TEXT NOT NULL,
     PRIMARY KEY (room, user)
-) WITHOUT ROWID;
-CREATE TABLE rooms (
+);
+CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
     revision INTEGER NOT NULL
-) WITHOUT ROWID;
+);
 """
-"""Both tables are keyed by their primary key alone (``WITHOUT ROWID``): an
-upsert updates one B-tree instead of a table and its index, about a quarter
-less CPU per commit (schema 3; schemas 1 and 2 had rowid tables)."""
-_COPY_OLD_TABLES = {
-    "parts": "INSERT INTO parts SELECT room, user, seq, revision, part FROM old_parts",
-    "rooms": "INSERT INTO rooms SELECT room, revision FROM old_rooms",
-}
-_ROOMS_FROM_PARTS = "INSERT OR IGNORE INTO rooms (room, revision) SELECT room, max(revision) FROM parts GROUP BY room"
+_MIGRATE_FROM_1 = "INSERT OR IGNORE INTO rooms (room, revision) SELECT room, max(revision) FROM parts GROUP BY room"
 """Schema 1 had no rooms table: a room's revision was its newest part's."""
 
 _UPSERT_PARTS = """
@@ -179,14 +172,6 @@ _UPSERT_ROOMS = """
 INSERT INTO rooms (room, revision) SELECT value ->> 0, value ->> 1 FROM json_each(?) WHERE true
 ON CONFLICT (room) DO UPDATE SET revision = excluded.revision
 """
-
-
-def _migration(connection: sqlite3.Connection) -> str:
-    """The script that brings a file of an older schema (or a new file) to :data:`SCHEMA_VERSION`, in one transaction."""
-    old = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} & set(_COPY_OLD_TABLES)
-    renames = "".join(f"ALTER TABLE {table} RENAME TO old_{table};" for table in sorted(old))
-    copies = "".join(f"{_COPY_OLD_TABLES[table]}; DROP TABLE old_{table};" for table in sorted(old))
-    return f"{renames} {_SCHEMA} {copies} {_ROOMS_FROM_PARTS};"
 
 _Entry = tuple["Proposal | Accepted", Done]
 
@@ -272,7 +257,7 @@ class SqliteStore:
         connection.execute("PRAGMA synchronous=FULL")
         (version,) = connection.execute("PRAGMA user_version").fetchone()
         if version < SCHEMA_VERSION:
-            connection.executescript(f"BEGIN IMMEDIATE; {_migration(connection)} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            connection.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} {_MIGRATE_FROM_1}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         self._connection = connection
 
     async def load_room(self, room: str) -> RoomRecord:
