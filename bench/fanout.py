@@ -222,8 +222,14 @@ def main() -> int:
         args.json.write_text(json.dumps({"disk": disk, "runs": rows}, indent=1))
     if args.plot:
         harness.write_svg(harness.ramp_svg(rows), args.plot, args.chromium)
-    lost = [figures for figures in rows if figures["server"].startswith(("loopsync", "cluster"))
-            and (figures["deliveries"] < figures["deliveries_expected"] or figures["errors"])]
+    short = [figures for figures in rows if figures["server"].startswith(("loopsync", "cluster"))
+             and (figures["deliveries"] < figures["deliveries_expected"] or figures["errors"])]
+    for figures in short:
+        if figures["server"].startswith("cluster") and not figures["errors"]:
+            # docs/scale.md, Overload: a node that fell behind re-reads the room and passes on current parts only.
+            print(f"{figures['server']} ({figures['scenario']}, p99 {figures['p99_ms']:.0f} ms): {figures['deliveries']:,} of"
+                  f" {figures['deliveries_expected']:,} deliveries: overloaded, its re-reads passed on current parts, not those in between")
+    lost = [figures for figures in short if figures["errors"] or not figures["server"].startswith("cluster")]
     if lost:
         print(f"loopsync lost deliveries or answered errors in {len(lost)} runs.")
         return 1
