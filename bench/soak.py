@@ -63,6 +63,7 @@ import argparse
 import asyncio
 import json
 import math
+import operator
 import os
 import random
 import signal
@@ -205,6 +206,8 @@ class Result:
     local_agrees: int = 0
     own_agrees: int = 0
     presence_agrees: int = 0
+    presence_seconds: float = 0.0
+    """From the end of the quiet period until every client's presence was right."""
     problems: list[str] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -370,13 +373,18 @@ def store_of(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, tuple[int, Part
     return store
 
 
+def presence_seen(member: Member, members: list[Member]) -> tuple[list[Any], list[Any]]:
+    """What the client sees in presence, and what it should see: its room's clients, each playing at its own tempo."""
+    assert member.client is not None
+    expected = sorted((m.user, True, m.client.clock.bpm) for m in members if m.room == member.room and m.client)
+    seen = sorted((entry.get("user"), entry.get("playing"), entry.get("bpm")) for entry in member.client.presence)
+    return seen, expected
+
+
 def check_presence(members: list[Member], result: Result) -> None:
     """Every client sees exactly its room's clients, each playing at its own tempo."""
     for member in members:
-        client = member.client
-        assert client is not None
-        expected = sorted((m.user, True, m.client.clock.bpm) for m in members if m.room == member.room and m.client)
-        seen = sorted((entry.get("user"), entry.get("playing"), entry.get("bpm")) for entry in client.presence)
+        seen, expected = presence_seen(member, members)
         if seen == expected:
             result.presence_agrees += 1
         else:
@@ -490,6 +498,10 @@ async def soak(config: Config, data_dir: Path) -> Result:
                 if not settled([member]):
                     result.problems.append(f"{member.room}/{member.user} did not settle: joined {client.joined}, "
                                            f"dirty {client.sync.dirty()}, in flight {sorted(client.sync.in_flight)}")
+        # A killed worker's users leave the others' presence when its heartbeat runs out (about 8 s: docs/scale.md).
+        presence_since = time.monotonic()
+        await wait_until(lambda: all(operator.eq(*presence_seen(m, members)) for m in members), config.quiet_timeout)
+        result.presence_seconds = time.monotonic() - presence_since
         check_presence(members, result)
         snapshots = {room: await read_snapshot(server.ws_url, room) for room in sorted({m.room for m in members})}
         store = await read_postgres(server.postgres_dsn) if server.postgres_dsn else read_store(data_dir)
@@ -536,7 +548,7 @@ def report(result: Result, config: Config) -> str:
         f" snapshot and {store} agree: {'yes' if r.store_agrees_with_snapshot else 'NO'}",
         failover,
         f"Local Data equal to Shared Data: {r.local_agrees}/{r.clients} clients; own part on the server equal to the local one: {r.own_agrees}/{r.clients};"
-        f" presence right: {r.presence_agrees}/{r.clients}",
+        f" presence right: {r.presence_agrees}/{r.clients} (after {r.presence_seconds:.1f} s more)",
         f"errors from the server or the client: {r.errors or 'none'}",
     ]
     lines += [f"problem: {problem}" for problem in r.problems[:20]]
