@@ -161,8 +161,9 @@ def test_recorded_onsets_are_sample_exact_with_and_without_a_blocked_main_thread
                    while (performance.now() < end) {}  // stuck: no events, no messages, no timers
                    window.blocks += 1;
                  };
-                 const begin = () => {
-                   const origin = performance.now();
+                 const begin = (lateMs) => {
+                   // Anchored on when step 14 played, not on when this thread heard of it (late on a busy machine).
+                   const origin = performance.now() - lateMs;
                    const next = () => {
                      busy();
                      // Aim at origin + k s, so the blocks keep their phase against the audio clock.
@@ -171,9 +172,10 @@ def test_recorded_onsets_are_sample_exact_with_and_without_a_blocked_main_thread
                    next();
                  };
                  const watch = setInterval(() => {
-                   if (window.loopsync.events.some(e => e.type === 'step' && e.absoluteStep >= 14)) {
+                   const step = window.loopsync.events.find(e => e.type === 'step' && e.absoluteStep >= 14);
+                   if (step) {
                      clearInterval(watch);
-                     begin();
+                     begin(Math.max(0, (window.loopsync.context.currentTime - step.contextTime) * 1000));
                    }
                  }, 2);
                }""",
