@@ -83,7 +83,7 @@ from loopsync.document import SOUNDS, Part, copy_part
 
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parent))
-from harness import ServerProcess, percentile  # noqa: E402  (a sibling script)
+from harness import ServerProcess, percentile, process_tree  # noqa: E402  (a sibling script)
 from latency import loop_seconds  # noqa: E402  (a sibling script)
 
 STEPS = 16
@@ -283,7 +283,7 @@ async def restart(server: ServerProcess, members: list[Member], rng: random.Rand
             client.toggle(rng.randrange(STEPS))
         kill = Kill(time.monotonic(), {m.user: node_of(m.client) for m in members if m.client is not None and m.client.joined})
         # The signal goes from here, not from a thread: no client may send its edit before it.
-        os.kill(worker_pids(server.pid)[0] if config.cluster else server.pid, signal_number)
+        os.kill(process_tree(server.pid)[1] if config.cluster else server.pid, signal_number)  # [1]: a worker of the supervisor
         if not config.cluster:  # a cluster's supervisor starts another worker by itself
             await asyncio.to_thread(server.stop, signal_number)  # waits for the exit
             await asyncio.sleep(config.down_seconds)
@@ -309,11 +309,6 @@ async def spread(members: list[Member], rng: random.Random, config: Config) -> N
         client.drop_connection()
         member.cuts += 1
         await wait_until(lambda: member.connections > connections and client.joined, config.quiet_timeout)
-
-
-def worker_pids(pid: int) -> list[int]:
-    """The processes that ``pid`` started (a cluster supervisor's workers)."""
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
