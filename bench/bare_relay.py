@@ -17,14 +17,23 @@ passed on as is. No validation, no ownership, no presence, no snapshot.
 Between the relay and the floor is what the rules of DESIGN.md cost; between
 the floor and loopsync, what loopsync's own code costs.
 
-Run: ``python bench/bare_relay.py --port 0 [--durable DIR]`` (prints its URL like the server).
+``--durable postgresql://... --bus redis://...`` makes it a cluster node's
+floor: each batch committed to PostgreSQL in one transaction (a plain
+upsert, none of loopsync's rules), published on each room's Redis channel
+(so that other nodes could pass it on) and only then acknowledged and passed
+on; it reads its rooms' channels as a node does and passes on what other
+nodes publish.
+
+Run: ``python bench/bare_relay.py --port 0 [--durable DIR | --durable POSTGRES_URL --bus REDIS_URL]`` (prints its URL like the server).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
+from typing import Any, Callable
 
 import orjson
 
@@ -49,7 +58,7 @@ class _Member(Connection):
 class Relay:
     """The relay (and, with a store, the floor): a :class:`~loopsync.connection.Handler` with no rules."""
 
-    def __init__(self, store: SqliteStore | None) -> None:
+    def __init__(self, store: SqliteStore | ClusterFloorStore | None) -> None:
         self.store = store
         self.rooms: dict[str, set[_Member]] = {}
         self.revisions: dict[str, int] = {}
@@ -68,6 +77,8 @@ class Relay:
             member.room_name, member.user = hello["room"], hello["user"]
             member.room = self.rooms.setdefault(hello["room"], set())
             member.room.add(member)
+            if isinstance(self.store, ClusterFloorStore):
+                self.store.listen(hello["room"], member.room)
             return
         frame = text_frame(text.encode())  # encoded once for every peer
         if self.store is None:
@@ -106,8 +117,102 @@ class Relay:
             connection.room = None
 
 
-async def _main(host: str, port: int, data_dir: str | None) -> None:
-    store = SqliteStore(data_dir) if data_dir else None
+_UPSERT = """
+INSERT INTO floor_parts (room, user_name, seq, revision, part)
+SELECT r.room, r.user_name, r.seq, r.revision, r.part FROM jsonb_to_recordset($1::jsonb)
+    AS r(room text, user_name text, seq bigint, revision bigint, part jsonb)
+ON CONFLICT (room, user_name) DO UPDATE SET seq = excluded.seq, revision = excluded.revision, part = excluded.part
+"""
+
+
+class ClusterFloorStore:
+    """A cluster node's durable work with no rules: batches upserted in PostgreSQL, published on Redis, then answered.
+
+    Like the cluster's store, one batch at a time on one held connection; the
+    next batch is what queued meanwhile.
+    """
+
+    def __init__(self, dsn: str, bus_url: str) -> None:
+        self.dsn, self.bus_url = dsn, bus_url
+        self.node = f"floor-{os.getpid()}"
+        self._pending: list[tuple[Accepted, Callable[[Any], None]]] = []
+        self._drain_task: asyncio.Task[None] | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._rooms: dict[str, set[_Member]] = {}
+
+    async def open(self) -> None:
+        import asyncpg
+        import redis.asyncio as redis
+
+        self._connection = await asyncpg.connect(self.dsn)
+        await self._connection.execute("CREATE TABLE IF NOT EXISTS floor_parts (room text, user_name text, seq bigint,"
+                                       " revision bigint, part jsonb, PRIMARY KEY (room, user_name))")
+        self._redis = redis.Redis.from_url(self.bus_url)
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+
+    def write_soon(self, record: Accepted, done: Callable[[Any], None]) -> None:
+        self._pending.append((record, done))
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                records = [record for record, _ in batch]
+                latest = {(r.room, r.user): r for r in records}  # an upsert touches a row once per statement
+                rows = [{"room": r.room, "user_name": r.user, "seq": r.seq, "revision": r.revision, "part": r.part} for r in latest.values()]
+                await self._connection.execute(_UPSERT, orjson.dumps(rows).decode())
+                publishing = self._redis.pipeline(transaction=False)
+                for record in records:  # one message per update, as a node publishes each commit of a room
+                    publishing.publish(record.room, orjson.dumps({"node": self.node, "records": [record[1:]]}))
+                await publishing.execute()
+                for record, done in batch:
+                    done([record])
+        finally:
+            self._drain_task = None
+
+    def listen(self, room: str, members: set[_Member]) -> None:
+        """Read ``room``'s channel as a node does: what another node published goes to this node's members."""
+        if room in self._rooms:
+            return
+        self._rooms[room] = members
+        asyncio.get_running_loop().create_task(self._pubsub.subscribe(room))
+        if self._listen_task is None:
+            self._listen_task = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        while True:
+            if not self._pubsub.subscribed:
+                await asyncio.sleep(0.01)
+                continue
+            message = await self._pubsub.get_message(timeout=1.0)
+            if message is None or message["type"] != "message":
+                continue
+            published = orjson.loads(message["data"])
+            if published["node"] == self.node:
+                continue
+            room = message["channel"].decode()
+            for user, seq, revision, part in published["records"]:
+                frame = text_frame(orjson.dumps({"type": "update", "user": user, "seq": seq, "revision": revision, "part": part}))
+                for member in self._rooms.get(room, ()):
+                    member.send(frame)
+
+    async def close(self) -> None:
+        for task in (self._drain_task, self._listen_task):
+            if task is not None:
+                task.cancel()
+        await self._pubsub.aclose()
+        await self._redis.aclose()
+        await self._connection.close()
+
+
+async def _main(host: str, port: int, durable: str | None, bus: str | None) -> None:
+    store: SqliteStore | ClusterFloorStore | None = None
+    if durable and durable.startswith("postgresql://"):
+        store = ClusterFloorStore(durable, bus or "redis://127.0.0.1:6379/0")
+    elif durable:
+        store = SqliteStore(durable)
     if store is not None:
         await store.open()
     relay = Relay(store)
@@ -128,7 +233,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--durable", metavar="DIR", help="be the floor: commit every message to SQLite in DIR, ack it, then pass it on")
+    parser.add_argument("--durable", metavar="DIR_OR_URL",
+                        help="be the floor: commit every message to SQLite in DIR (or PostgreSQL at a postgresql:// URL), ack it, then pass it on")
+    parser.add_argument("--bus", metavar="REDIS_URL", help="with a PostgreSQL --durable: publish each commit on Redis and read other nodes'")
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:  # the same loop as loopsync serve
-        runner.run(_main(args.host, args.port, args.durable))
+        runner.run(_main(args.host, args.port, args.durable, args.bus))

@@ -121,6 +121,9 @@ KINDS: dict[str, Kind] = {
     # One node of a cluster: PostgreSQL the store of record (commit before ack), Redis the bus (docs/scale.md).
     "cluster": Kind((*_SERVE, "--store", "{postgres}", "--bus", "{redis}"), "loopsync is serving at http://",
                     services=("postgres", "redis")),
+    # A cluster node's floor: parse, commit to PostgreSQL, publish on Redis, ack, pass on; no rules (bare_relay.py --durable URL --bus URL).
+    "cluster-floor": Kind(("{python}", "{bench}/bare_relay.py", "--port", "{port}", "--durable", "{postgres}", "--bus", "{redis}"),
+                          "is serving at http://", snapshots=False, services=("postgres", "redis")),
     # Two such nodes sharing the port (SO_REUSEPORT): a room's members land on either.
     "cluster-2": Kind((*_SERVE, "--store", "{postgres}", "--bus", "{redis}", "--workers", "2"), "loopsync is serving at http://",
                       services=("postgres", "redis")),

@@ -82,10 +82,10 @@ def test_fanout_smoke(tmp_path: Path) -> None:
     result = run_bench("fanout.py", "--smoke", "--cluster", "--json", str(tmp_path / "fanout.json"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"^disk: \d+ syncs of 4 KiB .* p99 \d+\.\d+ ms .* of the time stalled$", result.stdout, re.MULTILINE), result.stdout
-    servers = ("relay", "floor", "loopsync", "loopsync-memory", "yjs", "cluster", "cluster-2")
+    servers = ("relay", "floor", "loopsync", "loopsync-memory", "yjs", "cluster-floor", "cluster", "cluster-2")
     for kind in servers:
         assert re.search(rf"^  {kind} +\d+ conns .*\((\d+)/\1\) .*errors 0", result.stdout, re.MULTILINE), result.stdout
-    for kind in ("cluster", "cluster-2"):  # PostgreSQL's and Redis's own CPU, started for the run
+    for kind in ("cluster-floor", "cluster", "cluster-2"):  # PostgreSQL's and Redis's own CPU, started for the run
         assert re.search(rf"^  {kind} +.*errors 0  postgres \d+\.\d µs/delivery  redis \d+\.\d µs/delivery$", result.stdout, re.MULTILINE), result.stdout
     for kind in servers[1:]:
         assert re.search(rf"{kind} / relay throughput: \d+\.\d+", result.stdout), result.stdout
