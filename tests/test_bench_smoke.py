@@ -136,6 +136,16 @@ def test_instructions_smoke(tmp_path: Path) -> None:
 
 
 
+def test_stages_smoke() -> None:
+    """bench/stages.py --smoke: both paths write an ack and three deliveries per update; loopsync's and the floor's Python, and each stage, printed."""
+    result = run_bench("stages.py", "--smoke")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for kind in ("floor", "loopsync"):
+        assert re.search(rf"^  {kind} +\d+\.\d\d µs per update$", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^  loopsync adds -?\d+\.\d\d µs per update \(-?\d+\.\d\d µs per delivery\)$", result.stdout, re.MULTILINE), result.stdout
+    assert len(re.findall(r"^  \S.* loopsync +\d+\.\d\d", result.stdout, re.MULTILINE)) == 4, result.stdout
+
+
 def test_hostile_smoke(tmp_path: Path) -> None:
     """bench/hostile.py --smoke: every attack beside the observer, figures without and during it, RSS and descriptors, the idle rooms; exit 1 exactly when a target is missed."""
     result = run_bench("hostile.py", "--smoke", "--json", str(tmp_path / "hostile.json"), timeout=300)
