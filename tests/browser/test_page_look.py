@@ -102,6 +102,17 @@ def run_axe(page: Page, axe_source: str) -> list[dict[str, Any]]:
     return violations
 
 
+WATCH_WHEN = """(user) => {
+  const row = document.querySelector(`.row[data-user=${user}]`);
+  const said = row.querySelector('.when').textContent;
+  const start = performance.now();
+  window.whenWatch = new Promise((resolve) => {
+    const poll = () => (row.classList.contains('pending') ? requestAnimationFrame(poll) : resolve([said, (performance.now() - start) / 1000]));
+    poll();
+  });
+}"""
+
+
 def test_a_pending_change_is_visible_distinct_and_steady_on_a_laptop_and_a_phone(
     open_page: Callable[..., Page], loopsync_server: ServeProcess, artifacts: Path, axe_source: str
 ) -> None:
@@ -144,6 +155,8 @@ def test_a_pending_change_is_visible_distinct_and_steady_on_a_laptop_and_a_phone
         assert "gradient" in off_style["background"] and "dashed" in off_style["border"] and "solid" in on_style["border"]
         when = page.inner_text(".row[data-user=alice] .when")
         assert when.startswith("changes in ") and when.endswith(" s"), when
+        # Start a stopwatch for when the row stops being pending (read after the screenshots).
+        page.evaluate(WATCH_WHEN, "alice")
         assert page.locator(".row.own .cell.unsent").count() == 1
         assert page.locator(".row[data-user=carol].away .badge.away").is_visible()
         # Nothing moved: every row and the page keep their heights.
@@ -155,6 +168,10 @@ def test_a_pending_change_is_visible_distinct_and_steady_on_a_laptop_and_a_phone
         shutil.copy(artifacts / "pending-1280x800.png", DOCS / "page-pending-1280x800.png")
         shutil.copy(artifacts / "pending-390x844.png", DOCS / "page-pending-390x844.png")
     print(f"\nscreenshots in {artifacts}")
+    # "changes in X s" was true: the change was heard (the row stopped being pending) X s later, give or take its redraws.
+    for page in (bob, dave):
+        said, took = page.evaluate("() => window.whenWatch")
+        assert abs(float(said.removeprefix("changes in ").removesuffix(" s")) - took) <= 0.25, (said, took)
     # The phone: no horizontal scrolling, the whole loop on screen, own steps at least 44 px square, no keyboard hints.
     for width in (390, 360):
         dave.set_viewport_size({"width": width, "height": 844})
