@@ -13,6 +13,7 @@ from typing import Any, Callable
 from playwright.sync_api import Page
 
 from .loopsync_browser import TIME_UNIT, ServeProcess
+from .test_page_look import WATCH_WHEN
 
 _rooms = itertools.count()
 
@@ -150,8 +151,15 @@ def test_a_paused_page_shows_edits_at_once_sends_nothing_and_holds_its_clock(ope
     # "Pause and resume within a loop"): the rest of the paused loop plays what it began with.
     next_loop_start = -(-held["nextStep"] // 16)
     assert [data["loop"] for data in after["waiting"]] == [next_loop_start]
-    # Play: the edits made while paused go out at once.
+    # Play: the edits made while paused go out at once; alice's row is pending until that Loop Start, and says when.
     bob.click("#play")
+    steps_left = -held["nextStep"] % 16  # before that Loop Start
+    if steps_left:
+        assert bob.locator(".row[data-user=alice].pending").count() == 1
+    timed = steps_left >= 4  # time enough (a third of a second) to read "changes in X s" and time it
+    if timed:
+        bob.wait_for_selector(".row[data-user=alice] .when:has-text('changes in')")
+        bob.evaluate(WATCH_WHEN, "alice")
     bob.wait_for_function("() => window.loopsync.sentLog.some(m => m.type === 'update')")
     update = bob.evaluate("() => window.loopsync.sentLog.find(m => m.type === 'update')")
     assert update["part"]["steps"][:6] == [0, 0, 0, 1, 1, 0]
@@ -167,6 +175,9 @@ def test_a_paused_page_shows_edits_at_once_sends_nothing_and_holds_its_clock(ope
     for event in played[: last_step + 1 - held["nextStep"]]:
         new_part = event["absoluteStep"] >= next_loop_start * 16
         assert ("alice" in event["sounded"]) == (new_part and pattern[event["step"]] == 1), event
+    if timed:
+        said, took = bob.evaluate("() => window.whenWatch")
+        assert abs(float(said.removeprefix("changes in ").removesuffix(" s")) - took) <= 0.25, (said, took)
 
 
 def test_arrived_changes_are_marked_until_the_next_loop_start(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:

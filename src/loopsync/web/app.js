@@ -172,6 +172,8 @@ class App {
     this._send(this.sync.play());
     this._postPartsNow();
     this.engine.post({ type: 'play' });
+    // The last step rendered before the pause no longer dates what comes: the next one will.
+    this.renderedStep = null;
     this._event({ type: 'play' });
     this.connection.send({ type: 'transport', playing: true, bpm: this.bpm });
     this.view.setPlaying(true);
@@ -538,14 +540,19 @@ class App {
   _loopHeardFrom(user) {
     if (this.renderedStep === null) return null;
     const latest = this.sync.shared[user];
+    // The loop of the next Loop Start the transport reaches: the clock takes Local Data posted without a loop
+    // (while paused, at play) there, `ceil(nextStep / steps)` as in clock-processor.js.
+    const steps = this.sync.steps;
+    const nextLoopStart = Math.ceil((this.renderedStep.loop * steps + this.renderedStep.step + 1) / steps);
     // Posted to the clock already (a sync, or Local Data while paused)?
+    /** @type {number | null} */
     let loop = null;
     for (const { loop: postedLoop, others } of this.posted.values()) {
-      if (jsonEqual(others[user] ?? null, latest ?? null)) loop = postedLoop;
+      if (jsonEqual(others[user] ?? null, latest ?? null)) loop = postedLoop ?? nextLoopStart;
     }
     if (loop !== null) return loop;
     // Not yet: the next sync moment still to come takes it.
-    return Math.max(this.lastSyncLoop + 1, this.renderedStep.loop + 1);
+    return Math.max(this.lastSyncLoop + 1, nextLoopStart);
   }
 
   /**
