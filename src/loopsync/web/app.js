@@ -89,7 +89,7 @@ class App {
       if (!options.bpmGiven && saved.bpm >= MIN_BPM && saved.bpm <= MAX_BPM) this.bpm = saved.bpm;
     }
     this.presence = new Presence();
-    this.mix = new Mix(loadMix(this.storage, this.room));
+    this.mix = new Mix(loadMix(this.storage, this.room, this.sync.me));
     /** What the listener hears for the other users now (clock `applied` reports, released when heard). */
     /** @type {Parts} */
     this.heardOthers = {};
@@ -433,7 +433,7 @@ class App {
 
   _postMix() {
     this.engine.post({ type: 'mix', ...this.mix.gains() });
-    saveMix(this.storage, this.room, this.mix.toJSON());
+    saveMix(this.storage, this.room, this.sync.me, this.mix.toJSON());
   }
 
   // -- the server -----------------------------------------------------------
