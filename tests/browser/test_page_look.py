@@ -187,6 +187,9 @@ def test_a_pending_change_is_visible_distinct_and_steady_on_a_laptop_and_a_phone
         assert layout["right"] <= width
         assert all(w >= 44 and h >= 44 for w, h in layout["own"]), layout["own"]
         assert all(w >= 44 and h >= 44 for w, h in layout["targets"]), layout["targets"]
+        print(f"at {width} px: page {layout['scroll']} px wide, cells end at {layout['right']:.0f} px, own steps from "
+              f"{min(w for w, _ in layout['own']):.1f}x{min(h for _, h in layout['own']):.1f} px, buttons from "
+              f"{min(w for w, _ in layout['targets']):.1f}x{min(h for _, h in layout['targets']):.1f} px")
         dave.screenshot(path=str(artifacts / f"pending-{width}x844.png"))
     assert dave.locator(".keys").is_hidden() and dave.locator(".touch-hint").is_visible()
     assert bob.locator(".keys").is_visible() and bob.locator(".touch-hint").is_hidden()

@@ -338,6 +338,7 @@ export class View {
     badge.textContent = 'away';
     badge.hidden = true;
     nameLine.append(swatch, name, badge);
+    nameLine.title = name.textContent; // a long name is cut short on screen
     const detail = element('small', 'detail');
     const when = element('small', 'when');
     who.append(nameLine, detail, when);
