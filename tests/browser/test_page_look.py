@@ -172,6 +172,12 @@ def test_a_pending_change_is_visible_distinct_and_steady_on_a_laptop_and_a_phone
     for page in (bob, dave):
         said, took = page.evaluate("() => window.whenWatch")
         assert abs(float(said.removeprefix("changes in ").removesuffix(" s")) - took) <= 0.25, (said, took)
+        # The own edit went out at that sync and the server confirmed it: the dot and the note are gone.
+        page.wait_for_function(
+            "() => !document.querySelector('.row.own .cell.unsent') && document.querySelector('#unsent').textContent === ''",
+            timeout=5 * TIME_UNIT * 1000,
+        )
+        assert page.get_attribute('.row.own .cell[data-step="10"]', "aria-label") == "Your step 11"
     # The phone: no horizontal scrolling, the whole loop on screen, own steps at least 44 px square, no keyboard hints.
     for width in (390, 360):
         dave.set_viewport_size({"width": width, "height": 844})
