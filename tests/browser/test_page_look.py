@@ -107,7 +107,8 @@ WATCH_WHEN = """(user) => {
   const said = row.querySelector('.when').textContent;
   const start = performance.now();
   window.whenWatch = new Promise((resolve) => {
-    const poll = () => (row.classList.contains('pending') ? requestAnimationFrame(poll) : resolve([said, (performance.now() - start) / 1000]));
+    const poll = () => (row.classList.contains('pending')
+      ? requestAnimationFrame(poll) : resolve([said, (performance.now() - start) / 1000]));
     poll();
   });
 }"""
