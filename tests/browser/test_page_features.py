@@ -100,11 +100,15 @@ def test_an_outage_counts_down_says_why_nobody_is_listed_and_can_reconnect_now(
 ) -> None:
     """Offline: the retry countdown moves, presence says why it is empty, and "Reconnect now" tries at once."""
     server = sqlite_server()
-    page = open_page(f"{server.http_url}?room=outage{next(_rooms)}&user=alice")
+    page = open_page(f"{server.http_url}?room=outage{next(_rooms)}&user=alice", viewport=(390, 844), touch=True)
     page.wait_for_selector("#presence li", timeout=WAIT_MS)
-    assert page.locator("#reconnect").is_hidden()
+    assert page.locator("#reconnect").is_hidden() and page.locator("#share").is_visible()
+    grid_top = page.evaluate("() => document.querySelector('#grid').getBoundingClientRect().top")
     server.stop()
     page.wait_for_selector("#connection[data-state=closed]", timeout=WAIT_MS)
+    # "Reconnect now" takes the invite button's place: on a phone the grid does not move.
+    assert page.locator("#reconnect").is_visible() and page.locator("#share").is_hidden()
+    assert page.evaluate("() => document.querySelector('#grid').getBoundingClientRect().top") == grid_top
     assert page.locator("#presence li").count() == 0
     assert page.inner_text("#presence-note").startswith("Offline: who is in the room is not known")
     # The countdown is alive: wait for a retry more than 2 s away, then see its number go down.
@@ -123,7 +127,7 @@ def test_an_outage_counts_down_says_why_nobody_is_listed_and_can_reconnect_now(
     assert page.evaluate("(retryAt) => [window.loopsync.connectionState !== 'closed', performance.now() < retryAt]", retry_at) == [True, True]
     page.wait_for_selector("#connection[data-state=open]", timeout=WAIT_MS)
     page.wait_for_selector("#presence li", timeout=WAIT_MS)
-    assert page.locator("#reconnect").is_hidden()
+    assert page.locator("#reconnect").is_hidden() and page.locator("#share").is_visible()
 
 
 def test_the_invite_link_is_the_room_only_and_the_address_forgets_the_user(

@@ -166,7 +166,7 @@ export class View {
     this._byId('room').textContent = `room ${room} · you are ${user}`;
     this._byId('join').hidden = true;
     this._byId('app').hidden = false;
-    this.shareButton.hidden = false;
+    this.shareButton.hidden = this.reconnectButton.hidden === false;
   }
 
   /**
@@ -177,7 +177,11 @@ export class View {
     this.connection.className = `connection ${state}`;
     this.connection.dataset.state = state;
     if (this.connection.textContent !== text) this.connection.textContent = text;
-    this.reconnectButton.hidden = state !== 'closed';
+    // Offline, "Reconnect now" takes the place of "Copy invite link": the
+    // header keeps its lines on a phone, so the grid does not move down.
+    const offline = state === 'closed';
+    this.reconnectButton.hidden = !offline;
+    if (!this._byId('app').hidden) this.shareButton.hidden = offline;
   }
 
   /** @param {boolean} playing */
