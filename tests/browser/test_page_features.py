@@ -251,6 +251,7 @@ def test_export_writes_every_onset_on_its_exact_frame(
     expected = [js_round(n * step_length) for n in range(48) if bob_steps[n % 16] or alice_steps[n % 16]]
     assert onsets == expected
     assert "Saved" in bob.inner_text("#export-note")
+    print(f"\nexport: {len(onsets)} onsets in {len(samples)} frames at {sample_rate} Hz, each on round(n * {step_length:.4f})")
 
 
 # Two ways an output reports its latency of 0.3 s: the latencies (getOutputTimestamp() not sane), or the timestamp.
