@@ -104,14 +104,41 @@ def run_axe(page: Page, axe_source: str) -> list[dict[str, Any]]:
 
 WATCH_WHEN = """(user) => {
   const row = document.querySelector(`.row[data-user=${user}]`);
-  const said = row.querySelector('.when').textContent;
-  const start = performance.now();
+  const first = [row.querySelector('.when').textContent, performance.now()];
+  let last = first;
   window.whenWatch = new Promise((resolve) => {
-    const poll = () => (row.classList.contains('pending')
-      ? requestAnimationFrame(poll) : resolve([said, (performance.now() - start) / 1000]));
+    const poll = () => {
+      if (row.classList.contains('pending')) {
+        last = [row.querySelector('.when').textContent, performance.now()];
+        requestAnimationFrame(poll);
+      } else {
+        resolve([first, last].map(([said, at]) => [said, (performance.now() - at) / 1000]));
+      }
+    };
     poll();
   });
 }"""
+
+
+def check_when(page: Page) -> None:
+    """The countdown that WATCH_WHEN watched was true: the change was heard when it said, give or take its redraws.
+
+    Its last value always; its first too, unless the page answered a sync moment too late (a busy main
+    thread: DESIGN.md lets the change wait one more loop) and the countdown moved on by a loop.
+    """
+    (said_first, took_first), (said_last, took_last) = page.evaluate("() => window.whenWatch")
+    seconds = [float(said.removeprefix("changes in ").removesuffix(" s")) for said in (said_first, said_last)]
+    assert abs(seconds[1] - took_last) <= 0.25, (said_last, took_last)
+    late = page.evaluate(
+        """() => {
+             const events = window.loopsync.events;
+             const started = Math.max(...events.filter(e => e.type === 'step').map(e => e.loop));
+             const applied = new Set(events.filter(e => e.type === 'applied').map(e => e.atLoopStart));
+             return events.some(e => e.type === 'sync' && e.loop <= started && !applied.has(e.loop));
+           }"""
+    )
+    if not late:
+        assert abs(seconds[0] - took_first) <= 0.25, (said_first, took_first)
 
 
 def test_a_pending_change_is_visible_distinct_and_steady_on_a_laptop_and_a_phone(
@@ -171,8 +198,7 @@ def test_a_pending_change_is_visible_distinct_and_steady_on_a_laptop_and_a_phone
     print(f"\nscreenshots in {artifacts}")
     # "changes in X s" was true: the change was heard (the row stopped being pending) X s later, give or take its redraws.
     for page in (bob, dave):
-        said, took = page.evaluate("() => window.whenWatch")
-        assert abs(float(said.removeprefix("changes in ").removesuffix(" s")) - took) <= 0.25, (said, took)
+        check_when(page)
         # The own edit went out at that sync and the server confirmed it: the dot and the note are gone.
         page.wait_for_function(
             "() => !document.querySelector('.row.own .cell.unsent') && document.querySelector('#unsent').textContent === ''",

@@ -544,11 +544,13 @@ class App {
     // (while paused, at play) there, `ceil(nextStep / steps)` as in clock-processor.js.
     const steps = this.sync.steps;
     const nextLoopStart = Math.ceil((this.renderedStep.loop * steps + this.renderedStep.step + 1) / steps);
-    // Posted to the clock already (a sync, or Local Data while paused)?
+    // Posted to the clock already (a sync, or Local Data while paused)? An
+    // answer still here after its Loop Start was rendered came too late for
+    // it: the clock takes it at the next one.
     /** @type {number | null} */
     let loop = null;
     for (const { loop: postedLoop, others } of this.posted.values()) {
-      if (jsonEqual(others[user] ?? null, latest ?? null)) loop = postedLoop ?? nextLoopStart;
+      if (jsonEqual(others[user] ?? null, latest ?? null)) loop = Math.max(postedLoop ?? nextLoopStart, nextLoopStart);
     }
     if (loop !== null) return loop;
     // Not yet: the next sync moment still to come takes it.
@@ -565,6 +567,20 @@ class App {
     const secondsPerStep = 60 / this.bpm / 4;
     const steps = loop * this.sync.steps - (rendered.loop * this.sync.steps + rendered.step);
     return rendered.contextTime + steps * secondsPerStep - this.heardNow;
+  }
+
+  /**
+   * @param {string} user
+   * @returns {number | null} seconds until `user`'s latest part is heard; null when it is not known
+   */
+  _secondsUntilHeardFor(user) {
+    const latest = this.sync.shared[user] ?? null;
+    // Switched to by the clock already, and on its way to the speaker?
+    for (const item of this.heardQueue.items) {
+      if (item.type === 'applied' && jsonEqual(item.others[user] ?? null, latest)) return item.contextTime - this.heardNow;
+    }
+    const loop = this._loopHeardFrom(user);
+    return loop === null ? null : this._secondsUntilHeard(loop);
   }
 
   _render() {
@@ -607,8 +623,7 @@ class App {
       }
       let when = '';
       if (waiting) {
-        const loop = this._loopHeardFrom(user);
-        const seconds = loop === null ? null : this._secondsUntilHeard(loop);
+        const seconds = this._secondsUntilHeardFor(user);
         when = seconds === null ? 'changes at the next Loop Start' : `changes in ${Math.max(0, seconds).toFixed(1)} s`;
       }
       rows.push({
