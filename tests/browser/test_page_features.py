@@ -159,6 +159,16 @@ def test_the_invite_link_is_the_room_only_and_the_address_forgets_the_user(
     context.close()
 
 
+def _contrast(colour: str, other: str) -> float:
+    """WCAG contrast ratio of two CSS rgb() colours."""
+    def luminance(css: str) -> float:
+        channels = [int(value) / 255 for value in re.findall(r"\d+", css)[:3]]
+        r, g, b = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+    high, low = sorted((luminance(colour), luminance(other)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
 def test_focus_is_visible_and_screen_readers_get_the_rows(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:
     """Play's keyboard focus ring is a thick outline in a colour apart from its dark face; others' rows have a name and their steps."""
     room = f"a11y{next(_rooms)}"
@@ -173,9 +183,13 @@ def test_focus_is_visible_and_screen_readers_get_the_rows(open_page: Callable[..
         bob.keyboard.press("Tab")
     ring = bob.evaluate(
         """() => { const s = getComputedStyle(document.activeElement);
-                   return [s.outlineStyle, parseFloat(s.outlineWidth), s.outlineColor, s.backgroundColor]; }"""
+                   return [s.outlineStyle, parseFloat(s.outlineWidth), s.outlineColor, s.backgroundColor, s.boxShadow,
+                           getComputedStyle(document.body).backgroundColor, parseFloat(s.outlineOffset)]; }"""
     )
     assert ring[0] == "solid" and ring[1] >= 3 and ring[2] != ring[3], ring
+    # The ring is drawn on a white gap around the dark face and on the page: at least 3:1 against both (WCAG 1.4.11).
+    assert ring[6] > 0 and ring[4].startswith("rgb(255, 255, 255)"), ring
+    assert _contrast(ring[2], "rgb(255, 255, 255)") >= 3 and _contrast(ring[2], ring[5]) >= 3, ring
     label = bob.get_attribute(".row[data-user=alice]", "aria-label") or ""
     assert label.startswith("alice; kick · playing") and "plays steps 1, 5, 9, 13" in label, label
     assert bob.get_attribute(".row[data-user=alice] .cells", "aria-hidden") == "true"
