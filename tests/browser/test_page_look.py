@@ -213,7 +213,8 @@ def test_a_pending_change_is_visible_distinct_and_steady_on_a_laptop_and_a_phone
                  scroll: document.documentElement.scrollWidth,
                  right: Math.max(...[...document.querySelectorAll('.cell')].map(c => c.getBoundingClientRect().right)),
                  own: [...document.querySelectorAll('.row.own .cell')].map(c => [c.getBoundingClientRect().width, c.getBoundingClientRect().height]),
-                 targets: [...document.querySelectorAll('.mix button, #play')].map(b => [b.getBoundingClientRect().width, b.getBoundingClientRect().height]),
+                 targets: [...document.querySelectorAll('button, input, select')].filter(e => e.offsetParent !== null)
+                   .map(b => [b.getBoundingClientRect().width, b.getBoundingClientRect().height]),
                })"""
         )
         assert layout["scroll"] <= width, layout["scroll"]
@@ -221,9 +222,9 @@ def test_a_pending_change_is_visible_distinct_and_steady_on_a_laptop_and_a_phone
         assert all(w >= 44 and h >= 44 for w, h in layout["own"]), layout["own"]
         assert all(w >= 44 and h >= 44 for w, h in layout["targets"]), layout["targets"]
         print(f"at {width} px: page {layout['scroll']} px wide, cells end at {layout['right']:.0f} px, own steps from "
-              f"{min(w for w, _ in layout['own']):.1f}x{min(h for _, h in layout['own']):.1f} px, buttons from "
+              f"{min(w for w, _ in layout['own']):.1f}x{min(h for _, h in layout['own']):.1f} px, controls from "
               f"{min(w for w, _ in layout['targets']):.1f}x{min(h for _, h in layout['targets']):.1f} px")
-        dave.screenshot(path=str(artifacts / f"pending-{width}x844.png"))
+        dave.screenshot(path=str(artifacts / f"phone-{width}x844.png"))
     assert dave.locator(".keys").is_hidden() and dave.locator(".touch-hint").is_visible()
     assert bob.locator(".keys").is_visible() and bob.locator(".touch-hint").is_hidden()
     # axe-core: no violations, on either page, with a pending change, an away user and unsent edits on screen.
@@ -240,6 +241,11 @@ def test_screenshots_of_a_first_visit(open_page: Callable[..., Page], loopsync_s
         assert page.inner_text("#join-title") == f"Join room {room}"
         assert page.evaluate("() => document.activeElement.id") == "join-name"
         page.screenshot(path=str(artifacts / f"join-{width}x{height}.png"))
+        if width < 500:  # a phone: the name field and Join are thumb-sized
+            sizes = page.evaluate(
+                "() => [...document.querySelectorAll('#join input, #join button')].map(e => e.getBoundingClientRect().height)"
+            )
+            assert min(sizes) >= 44, sizes
         assert run_axe(page, axe_source) == []
         page.fill("#join-name", f"newcomer{width}")
         page.press("#join-name", "Enter")
