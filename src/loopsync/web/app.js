@@ -254,8 +254,12 @@ class App {
     this._postMix();
   }
 
-  /** The first touch, click or key: mobile browsers let audio start only from one. */
+  /**
+   * A touch, click or key while the audio may be locked: mobile browsers let audio start only from one.
+   * @returns {boolean} true when the audio runs (no need to be called again)
+   */
   unlockAudio() {
+    if (this.engine.context?.state === 'running') return true;
     const session = /** @type {any} */ (navigator).audioSession;
     // iOS: play through the silent switch, like a music app.
     if (session && 'type' in session) {
@@ -266,6 +270,7 @@ class App {
       }
     }
     this.engine.resume().catch(() => {});
+    return false;
   }
 
   /** Copy the invite link (the room only, never the user) or show it to copy by hand. */
@@ -741,7 +746,7 @@ async function main() {
     onShare: () => app?.share(),
     onReconnect: () => app?.reconnectNow(),
     onExport: (loops) => app?.exportWav(loops),
-    onFirstGesture: () => app?.unlockAudio(),
+    onFirstGesture: () => app?.unlockAudio() ?? false,
     onJoin: (name) => {
       const invalid = checkName('user', name);
       if (invalid) {
