@@ -240,6 +240,7 @@ def test_screenshots_of_a_first_visit(open_page: Callable[..., Page], loopsync_s
         page.wait_for_selector("#join:not([hidden])")
         assert page.inner_text("#join-title") == f"Join room {room}"
         assert page.evaluate("() => document.activeElement.id") == "join-name"
+        assert page.locator("#connection").is_hidden() and page.locator("#share").is_hidden()  # nothing to connect or share yet
         page.screenshot(path=str(artifacts / f"join-{width}x{height}.png"))
         if width < 500:  # a phone: the name field and Join are thumb-sized
             sizes = page.evaluate(

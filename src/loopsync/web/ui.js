@@ -158,6 +158,7 @@ export class View {
     this._byId('join-message').textContent = message;
     this._byId('join').hidden = false;
     this._byId('app').hidden = true;
+    this.connection.hidden = true; // nothing connects before there is a name
     this._byId('join-name').focus();
   }
 
@@ -170,6 +171,7 @@ export class View {
     this._byId('room').textContent = `room ${room} · you are ${user}`;
     this._byId('join').hidden = true;
     this._byId('app').hidden = false;
+    this.connection.hidden = false;
     this.shareButton.hidden = this.reconnectButton.hidden === false;
   }
 
