@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 from playwright.sync_api import Browser, Page
 
 from .loopsync_browser import CHROMIUM_ARGS, TIME_UNIT, ServeProcess, js_round, wait_joined
@@ -37,6 +38,20 @@ def test_two_tabs_are_one_user_and_a_user_who_left_is_away_and_can_be_muted(
     assert bob.locator(".row[data-user=alice]").count() == 1
     alice.wait_for_selector(".row.own .detail:has-text('also in 1 other tab')", timeout=WAIT_MS)
     assert alice.inner_text("#presence li[data-user=alice]").startswith("alice (you) · playing · 100 BPM · also in 1 other tab")
+    # The paused tab says paused, in its own row and in its item.
+    alice_again.wait_for_selector(".row.own .detail:has-text('also in 1 other tab')", timeout=WAIT_MS)
+    assert alice_again.inner_text(".row.own .detail") == "kick · paused · also in 1 other tab"
+    assert alice_again.inner_text("#presence li[data-user=alice]") == "alice (you) · paused · 110 BPM · also in 1 other tab"
+    # Each page plays every row at its own tempo, and says so.
+    assert bob.inner_text("#tempo-note") == (
+        "Each page plays every row at its own tempo: here every row plays at 120 BPM, while alice hears the loop at 100/110 BPM."
+    )
+    # A colour per user, the same on every page (and on each tab), apart from the others'.
+    swatch = "(selector) => getComputedStyle(document.querySelector(selector)).backgroundColor"
+    alice_colour = alice.evaluate(swatch, ".row.own .swatch")
+    assert alice_again.evaluate(swatch, ".row.own .swatch") == alice_colour
+    assert bob.evaluate(swatch, ".row[data-user=alice] .swatch") == alice_colour
+    assert bob.evaluate(swatch, ".row.own .swatch") not in (alice_colour, bob.evaluate(swatch, ".row[data-user=carol] .swatch"))
     # carol: a part, no connection: away, and still heard until muted.
     assert bob.locator(".row[data-user=carol].away").count() == 1
     assert "not connected" in bob.inner_text(".row[data-user=carol] .detail")
@@ -49,12 +64,15 @@ def test_two_tabs_are_one_user_and_a_user_who_left_is_away_and_can_be_muted(
     assert status["rest"] == 0 and status["gains"] == {"carol": 0, "alice": 1}
     bob.fill(".row[data-user=alice] .volume", "40")
     bob.wait_for_function("async () => (await window.loopsync.status()).gains.alice === 0.4")
+    bob.fill("#master", "50")
+    bob.wait_for_function("async () => (await window.loopsync.status()).master === 0.5")
     # The mix is the page's own: kept across a reload, never sent.
     assert not [m for m in bob.evaluate("() => window.loopsync.sentLog") if m["type"] not in ("hello", "transport")]
     bob.reload()
     wait_joined(bob)
     assert bob.get_attribute(".row[data-user=carol] .mute", "aria-pressed") == "true"
     assert bob.evaluate("async () => (await window.loopsync.status()).gains") == {"carol": 0, "alice": 0.4}
+    assert bob.evaluate("async () => (await window.loopsync.status()).master") == 0.5 and bob.input_value("#master") == "50"
     # alice closes one tab: one tab left, paused.
     alice_again.close()
     bob.wait_for_selector("#presence li[data-user=alice]:text-is('alice · playing · 100 BPM')", timeout=WAIT_MS)
@@ -82,11 +100,15 @@ def test_an_outage_counts_down_says_why_nobody_is_listed_and_can_reconnect_now(
 ) -> None:
     """Offline: the retry countdown moves, presence says why it is empty, and "Reconnect now" tries at once."""
     server = sqlite_server()
-    page = open_page(f"{server.http_url}?room=outage{next(_rooms)}&user=alice")
+    page = open_page(f"{server.http_url}?room=outage{next(_rooms)}&user=alice", viewport=(390, 844), touch=True)
     page.wait_for_selector("#presence li", timeout=WAIT_MS)
-    assert page.locator("#reconnect").is_hidden()
+    assert page.locator("#reconnect").is_hidden() and page.locator("#share").is_visible()
+    grid_top = page.evaluate("() => document.querySelector('#grid').getBoundingClientRect().top")
     server.stop()
     page.wait_for_selector("#connection[data-state=closed]", timeout=WAIT_MS)
+    # "Reconnect now" takes the invite button's place: on a phone the grid does not move.
+    assert page.locator("#reconnect").is_visible() and page.locator("#share").is_hidden()
+    assert page.evaluate("() => document.querySelector('#grid').getBoundingClientRect().top") == grid_top
     assert page.locator("#presence li").count() == 0
     assert page.inner_text("#presence-note").startswith("Offline: who is in the room is not known")
     # The countdown is alive: wait for a retry more than 2 s away, then see its number go down.
@@ -105,7 +127,7 @@ def test_an_outage_counts_down_says_why_nobody_is_listed_and_can_reconnect_now(
     assert page.evaluate("(retryAt) => [window.loopsync.connectionState !== 'closed', performance.now() < retryAt]", retry_at) == [True, True]
     page.wait_for_selector("#connection[data-state=open]", timeout=WAIT_MS)
     page.wait_for_selector("#presence li", timeout=WAIT_MS)
-    assert page.locator("#reconnect").is_hidden()
+    assert page.locator("#reconnect").is_hidden() and page.locator("#share").is_visible()
 
 
 def test_the_invite_link_is_the_room_only_and_the_address_forgets_the_user(
@@ -137,6 +159,16 @@ def test_the_invite_link_is_the_room_only_and_the_address_forgets_the_user(
     context.close()
 
 
+def _contrast(colour: str, other: str) -> float:
+    """WCAG contrast ratio of two CSS rgb() colours."""
+    def luminance(css: str) -> float:
+        channels = [int(value) / 255 for value in re.findall(r"\d+", css)[:3]]
+        r, g, b = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+    high, low = sorted((luminance(colour), luminance(other)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
 def test_focus_is_visible_and_screen_readers_get_the_rows(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:
     """Play's keyboard focus ring is a thick outline in a colour apart from its dark face; others' rows have a name and their steps."""
     room = f"a11y{next(_rooms)}"
@@ -151,9 +183,13 @@ def test_focus_is_visible_and_screen_readers_get_the_rows(open_page: Callable[..
         bob.keyboard.press("Tab")
     ring = bob.evaluate(
         """() => { const s = getComputedStyle(document.activeElement);
-                   return [s.outlineStyle, parseFloat(s.outlineWidth), s.outlineColor, s.backgroundColor]; }"""
+                   return [s.outlineStyle, parseFloat(s.outlineWidth), s.outlineColor, s.backgroundColor, s.boxShadow,
+                           getComputedStyle(document.body).backgroundColor, parseFloat(s.outlineOffset)]; }"""
     )
     assert ring[0] == "solid" and ring[1] >= 3 and ring[2] != ring[3], ring
+    # The ring is drawn on a white gap around the dark face and on the page: at least 3:1 against both (WCAG 1.4.11).
+    assert ring[6] > 0 and ring[4].startswith("rgb(255, 255, 255)"), ring
+    assert _contrast(ring[2], "rgb(255, 255, 255)") >= 3 and _contrast(ring[2], ring[5]) >= 3, ring
     label = bob.get_attribute(".row[data-user=alice]", "aria-label") or ""
     assert label.startswith("alice; kick · playing") and "plays steps 1, 5, 9, 13" in label, label
     assert bob.get_attribute(".row[data-user=alice] .cells", "aria-hidden") == "true"
@@ -229,3 +265,59 @@ def test_export_writes_every_onset_on_its_exact_frame(
     expected = [js_round(n * step_length) for n in range(48) if bob_steps[n % 16] or alice_steps[n % 16]]
     assert onsets == expected
     assert "Saved" in bob.inner_text("#export-note")
+    print(f"\nexport: {len(onsets)} onsets in {len(samples)} frames at {sample_rate} Hz, each on round(n * {step_length:.4f})")
+
+
+# Two ways an output reports its latency of 0.3 s: the latencies (getOutputTimestamp() not sane), or the timestamp.
+_LATE_OUTPUT = {
+    "latencies": """
+        Object.defineProperty(AudioContext.prototype, 'outputLatency', { get() { return 0.3; } });
+        AudioContext.prototype.getOutputTimestamp = function () { return { contextTime: 0, performanceTime: 0 }; };""",
+    "timestamp": """
+        Object.defineProperty(AudioContext.prototype, 'outputLatency', { get() { return 0; } });
+        Object.defineProperty(AudioContext.prototype, 'baseLatency', { get() { return 0; } });
+        AudioContext.prototype.getOutputTimestamp = function () {
+          return { contextTime: Math.max(0, this.currentTime - 0.3), performanceTime: performance.now() };
+        };""",
+}
+
+
+@pytest.mark.parametrize("source", sorted(_LATE_OUTPUT))
+def test_the_playhead_lights_a_step_when_it_is_heard(
+    browser: Browser, open_page: Callable[..., Page], loopsync_server: ServeProcess, source: str
+) -> None:
+    """With an output 0.3 s behind the rendering, a step lights up 0.3 s after it is rendered: never before, at most a frame after."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.add_init_script(_LATE_OUTPUT[source])
+    page = open_page(f"{loopsync_server.http_url}?room=heard{next(_rooms)}&user=hal&bpm=120", context=context)
+    page.click("#play")
+    page.wait_for_function("() => window.loopsync.events.filter(e => e.type === 'step').length >= 8", timeout=WAIT_MS)
+    samples: list[dict[str, Any]] = page.evaluate(
+        """async () => {
+             const samples = [];
+             for (let frame = 0; frame < 90; frame++) {
+               await new Promise(requestAnimationFrame);
+               const shown = /loop (\\d+) · step (\\d+)/.exec(document.querySelector('#position').textContent);
+               const now = document.querySelector('.row.own .cell.now');
+               samples.push({ currentTime: window.loopsync.context.currentTime, loop: Number(shown[1]) - 1,
+                              step: Number(shown[2]) - 1, cell: now ? Number(now.dataset.step) : -1 });
+             }
+             return samples;
+           }"""
+    )
+    steps = {(e["loop"], e["step"]): e for e in page.evaluate("() => window.loopsync.events.filter(e => e.type === 'step')")}
+    by_absolute = {e["absoluteStep"]: e for e in steps.values()}
+    lags = []
+    for sample in samples:
+        shown = steps[(sample["loop"], sample["step"])]
+        assert sample["cell"] == sample["step"]
+        heard = sample["currentTime"] - 0.3
+        assert shown["contextTime"] <= heard + 1e-6, ("drawn before it is heard", sample, shown)
+        following = by_absolute.get(shown["absoluteStep"] + 1)
+        if following is not None:  # the next step was not heard yet, give or take one animation frame and one quantum
+            assert following["contextTime"] > heard - 0.05, ("drawn late", sample, following)
+        rendered = max(e["absoluteStep"] for e in steps.values() if e["contextTime"] <= sample["currentTime"])
+        lags.append(rendered - shown["absoluteStep"])
+    # 0.3 s is 2.4 steps at 120 BPM: the drawn step trails the rendered one by 2 or 3.
+    assert set(lags) <= {2, 3} and 2 in lags and 3 in lags, lags
+    context.close()

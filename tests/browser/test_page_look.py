@@ -102,6 +102,45 @@ def run_axe(page: Page, axe_source: str) -> list[dict[str, Any]]:
     return violations
 
 
+WATCH_WHEN = """(user) => {
+  const row = document.querySelector(`.row[data-user=${user}]`);
+  const first = [row.querySelector('.when').textContent, performance.now()];
+  let last = first;
+  window.whenWatch = new Promise((resolve) => {
+    const poll = () => {
+      if (row.classList.contains('pending')) {
+        last = [row.querySelector('.when').textContent, performance.now()];
+        requestAnimationFrame(poll);
+      } else {
+        resolve([first, last].map(([said, at]) => [said, (performance.now() - at) / 1000]));
+      }
+    };
+    poll();
+  });
+}"""
+
+
+def check_when(page: Page) -> None:
+    """The countdown that WATCH_WHEN watched was true: the change was heard when it said, give or take its redraws.
+
+    Its last value always; its first too, unless the page answered a sync moment too late (a busy main
+    thread: DESIGN.md lets the change wait one more loop) and the countdown moved on by a loop.
+    """
+    (said_first, took_first), (said_last, took_last) = page.evaluate("() => window.whenWatch")
+    seconds = [float(said.removeprefix("changes in ").removesuffix(" s")) for said in (said_first, said_last)]
+    assert abs(seconds[1] - took_last) <= 0.25, (said_last, took_last)
+    late = page.evaluate(
+        """() => {
+             const events = window.loopsync.events;
+             const started = Math.max(...events.filter(e => e.type === 'step').map(e => e.loop));
+             const applied = new Set(events.filter(e => e.type === 'applied').map(e => e.atLoopStart));
+             return events.some(e => e.type === 'sync' && e.loop <= started && !applied.has(e.loop));
+           }"""
+    )
+    if not late:
+        assert abs(seconds[0] - took_first) <= 0.25, (said_first, took_first)
+
+
 def test_a_pending_change_is_visible_distinct_and_steady_on_a_laptop_and_a_phone(
     open_page: Callable[..., Page], loopsync_server: ServeProcess, artifacts: Path, axe_source: str
 ) -> None:
@@ -144,6 +183,8 @@ def test_a_pending_change_is_visible_distinct_and_steady_on_a_laptop_and_a_phone
         assert "gradient" in off_style["background"] and "dashed" in off_style["border"] and "solid" in on_style["border"]
         when = page.inner_text(".row[data-user=alice] .when")
         assert when.startswith("changes in ") and when.endswith(" s"), when
+        # Start a stopwatch for when the row stops being pending (read after the screenshots).
+        page.evaluate(WATCH_WHEN, "alice")
         assert page.locator(".row.own .cell.unsent").count() == 1
         assert page.locator(".row[data-user=carol].away .badge.away").is_visible()
         # Nothing moved: every row and the page keep their heights.
@@ -155,6 +196,15 @@ def test_a_pending_change_is_visible_distinct_and_steady_on_a_laptop_and_a_phone
         shutil.copy(artifacts / "pending-1280x800.png", DOCS / "page-pending-1280x800.png")
         shutil.copy(artifacts / "pending-390x844.png", DOCS / "page-pending-390x844.png")
     print(f"\nscreenshots in {artifacts}")
+    # "changes in X s" was true: the change was heard (the row stopped being pending) X s later, give or take its redraws.
+    for page in (bob, dave):
+        check_when(page)
+        # The own edit went out at that sync and the server confirmed it: the dot and the note are gone.
+        page.wait_for_function(
+            "() => !document.querySelector('.row.own .cell.unsent') && document.querySelector('#unsent').textContent === ''",
+            timeout=5 * TIME_UNIT * 1000,
+        )
+        assert page.get_attribute('.row.own .cell[data-step="10"]', "aria-label") == "Your step 11"
     # The phone: no horizontal scrolling, the whole loop on screen, own steps at least 44 px square, no keyboard hints.
     for width in (390, 360):
         dave.set_viewport_size({"width": width, "height": 844})
@@ -163,14 +213,18 @@ def test_a_pending_change_is_visible_distinct_and_steady_on_a_laptop_and_a_phone
                  scroll: document.documentElement.scrollWidth,
                  right: Math.max(...[...document.querySelectorAll('.cell')].map(c => c.getBoundingClientRect().right)),
                  own: [...document.querySelectorAll('.row.own .cell')].map(c => [c.getBoundingClientRect().width, c.getBoundingClientRect().height]),
-                 targets: [...document.querySelectorAll('.mix button, #play')].map(b => [b.getBoundingClientRect().width, b.getBoundingClientRect().height]),
+                 targets: [...document.querySelectorAll('button, input, select')].filter(e => e.offsetParent !== null)
+                   .map(b => [b.getBoundingClientRect().width, b.getBoundingClientRect().height]),
                })"""
         )
         assert layout["scroll"] <= width, layout["scroll"]
         assert layout["right"] <= width
         assert all(w >= 44 and h >= 44 for w, h in layout["own"]), layout["own"]
         assert all(w >= 44 and h >= 44 for w, h in layout["targets"]), layout["targets"]
-        dave.screenshot(path=str(artifacts / f"pending-{width}x844.png"))
+        print(f"at {width} px: page {layout['scroll']} px wide, cells end at {layout['right']:.0f} px, own steps from "
+              f"{min(w for w, _ in layout['own']):.1f}x{min(h for _, h in layout['own']):.1f} px, controls from "
+              f"{min(w for w, _ in layout['targets']):.1f}x{min(h for _, h in layout['targets']):.1f} px")
+        dave.screenshot(path=str(artifacts / f"phone-{width}x844.png"))
     assert dave.locator(".keys").is_hidden() and dave.locator(".touch-hint").is_visible()
     assert bob.locator(".keys").is_visible() and bob.locator(".touch-hint").is_hidden()
     # axe-core: no violations, on either page, with a pending change, an away user and unsent edits on screen.
@@ -186,7 +240,13 @@ def test_screenshots_of_a_first_visit(open_page: Callable[..., Page], loopsync_s
         page.wait_for_selector("#join:not([hidden])")
         assert page.inner_text("#join-title") == f"Join room {room}"
         assert page.evaluate("() => document.activeElement.id") == "join-name"
+        assert page.locator("#connection").is_hidden() and page.locator("#share").is_hidden()  # nothing to connect or share yet
         page.screenshot(path=str(artifacts / f"join-{width}x{height}.png"))
+        if width < 500:  # a phone: the name field and Join are thumb-sized
+            sizes = page.evaluate(
+                "() => [...document.querySelectorAll('#join input, #join button')].map(e => e.getBoundingClientRect().height)"
+            )
+            assert min(sizes) >= 44, sizes
         assert run_axe(page, axe_source) == []
         page.fill("#join-name", f"newcomer{width}")
         page.press("#join-name", "Enter")

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from playwright.sync_api import Page
 
 from .loopsync_browser import TIME_UNIT, ServeProcess
+from .test_page_look import WATCH_WHEN, check_when
 
 _rooms = itertools.count()
 
@@ -150,8 +151,15 @@ def test_a_paused_page_shows_edits_at_once_sends_nothing_and_holds_its_clock(ope
     # "Pause and resume within a loop"): the rest of the paused loop plays what it began with.
     next_loop_start = -(-held["nextStep"] // 16)
     assert [data["loop"] for data in after["waiting"]] == [next_loop_start]
-    # Play: the edits made while paused go out at once.
+    # Play: the edits made while paused go out at once; alice's row is pending until that Loop Start, and says when.
     bob.click("#play")
+    steps_left = -held["nextStep"] % 16  # before that Loop Start
+    if steps_left:
+        assert bob.locator(".row[data-user=alice].pending").count() == 1
+    timed = steps_left >= 4  # time enough (a third of a second) to read "changes in X s" and time it
+    if timed:
+        bob.wait_for_selector(".row[data-user=alice] .when:has-text('changes in')")
+        bob.evaluate(WATCH_WHEN, "alice")
     bob.wait_for_function("() => window.loopsync.sentLog.some(m => m.type === 'update')")
     update = bob.evaluate("() => window.loopsync.sentLog.find(m => m.type === 'update')")
     assert update["part"]["steps"][:6] == [0, 0, 0, 1, 1, 0]
@@ -167,6 +175,8 @@ def test_a_paused_page_shows_edits_at_once_sends_nothing_and_holds_its_clock(ope
     for event in played[: last_step + 1 - held["nextStep"]]:
         new_part = event["absoluteStep"] >= next_loop_start * 16
         assert ("alice" in event["sounded"]) == (new_part and pattern[event["step"]] == 1), event
+    if timed:
+        check_when(bob)
 
 
 def test_arrived_changes_are_marked_until_the_next_loop_start(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:
@@ -196,3 +206,45 @@ def test_arrived_changes_are_marked_until_the_next_loop_start(open_page: Callabl
     assert loop_start["step"] == 0 and loop_start["loop"] == 1
     presence = bob.locator("#presence li").all_inner_texts()
     assert presence == ["alice · playing · 300 BPM", "bob (you) · playing · 90 BPM"]
+
+
+def test_a_sync_answered_too_late_shows_the_change_one_loop_later(open_page: Callable[..., Page], loopsync_server: ServeProcess) -> None:
+    """Bob's main thread is blocked across his sync moment: alice's change plays a loop later, and his row says so."""
+    room = f"late{next(_rooms)}"
+    alice = open_page(room_url(loopsync_server, "alice", room=room, bpm=300))
+    bob = open_page(room_url(loopsync_server, "bob", room=room, bpm=30))  # 8 s loops
+    alice.click("#play")
+    bob.click("#play")
+    bob.wait_for_function("() => window.loopsync.events.some(e => e.type === 'step')", timeout=5 * TIME_UNIT * 1000)
+    pattern = [1, 0, 1, 0] * 4
+    set_pattern(alice, pattern)
+    bob.wait_for_selector(".row[data-user=alice].pending", timeout=5 * TIME_UNIT * 1000)
+    # Block bob's main thread from 1 s before his next Loop Start (the sync moment is 50 ms before it) to 0.3 s after.
+    loop_start = bob.evaluate(
+        """() => {
+             const app = window.loopsync.app, rendered = app.renderedStep, context = app.engine.context;
+             const loop = rendered.loop + 1;
+             const loopStart = rendered.contextTime + (16 - rendered.step) * 0.5;
+             setTimeout(() => { const until = performance.now() + 1300; while (performance.now() < until); },
+                        (loopStart - 1 - context.currentTime) * 1000);
+             return loop;
+           }"""
+    )
+    bob.wait_for_function(
+        "(loop) => window.loopsync.events.some(e => e.type === 'step' && e.loop === loop && e.step === 1)",
+        arg=loop_start, timeout=15 * TIME_UNIT * 1000,
+    )
+    late = [e for e in events(bob) if e["type"] == "sync" and e["loop"] == loop_start]
+    assert late, "no sync for that loop"
+    assert not [e for e in events(bob) if e["type"] == "applied" and e.get("atLoopStart") == loop_start], "the answer was in time"
+    # Still pending, and the countdown is to the next Loop Start (a loop away), not stuck at 0.
+    assert bob.locator(".row[data-user=alice].pending").count() == 1
+    said = bob.inner_text(".row[data-user=alice] .when")
+    assert float(said.removeprefix("changes in ").removesuffix(" s")) > 6, said
+    bob.evaluate(WATCH_WHEN, "alice")
+    bob.wait_for_selector(".row[data-user=alice]:not(.pending)", timeout=15 * TIME_UNIT * 1000)
+    check_when(bob)
+    # The late answer, or the next loop's own (newer), from the next Loop Start on.
+    assert [e for e in events(bob) if e["type"] == "applied" and e.get("atLoopStart") == loop_start + 1]
+    first = next(e for e in events(bob) if e["type"] == "step" and "alice" in e["sounded"])
+    assert (first["loop"], first["step"]) == (loop_start + 1, 0)

@@ -89,7 +89,7 @@ class App {
       if (!options.bpmGiven && saved.bpm >= MIN_BPM && saved.bpm <= MAX_BPM) this.bpm = saved.bpm;
     }
     this.presence = new Presence();
-    this.mix = new Mix(loadMix(this.storage, this.room));
+    this.mix = new Mix(loadMix(this.storage, this.room, this.sync.me));
     /** What the listener hears for the other users now (clock `applied` reports, released when heard). */
     /** @type {Parts} */
     this.heardOthers = {};
@@ -172,6 +172,8 @@ class App {
     this._send(this.sync.play());
     this._postPartsNow();
     this.engine.post({ type: 'play' });
+    // The last step rendered before the pause no longer dates what comes: the next one will.
+    this.renderedStep = null;
     this._event({ type: 'play' });
     this.connection.send({ type: 'transport', playing: true, bpm: this.bpm });
     this.view.setPlaying(true);
@@ -252,8 +254,12 @@ class App {
     this._postMix();
   }
 
-  /** The first touch, click or key: mobile browsers let audio start only from one. */
+  /**
+   * A touch, click or key while the audio may be locked: mobile browsers let audio start only from one.
+   * @returns {boolean} true when the audio runs (no need to be called again)
+   */
   unlockAudio() {
+    if (this.engine.context?.state === 'running') return true;
     const session = /** @type {any} */ (navigator).audioSession;
     // iOS: play through the silent switch, like a music app.
     if (session && 'type' in session) {
@@ -264,6 +270,7 @@ class App {
       }
     }
     this.engine.resume().catch(() => {});
+    return false;
   }
 
   /** Copy the invite link (the room only, never the user) or show it to copy by hand. */
@@ -431,7 +438,7 @@ class App {
 
   _postMix() {
     this.engine.post({ type: 'mix', ...this.mix.gains() });
-    saveMix(this.storage, this.room, this.mix.toJSON());
+    saveMix(this.storage, this.room, this.sync.me, this.mix.toJSON());
   }
 
   // -- the server -----------------------------------------------------------
@@ -538,14 +545,21 @@ class App {
   _loopHeardFrom(user) {
     if (this.renderedStep === null) return null;
     const latest = this.sync.shared[user];
-    // Posted to the clock already (a sync, or Local Data while paused)?
+    // The loop of the next Loop Start the transport reaches: the clock takes Local Data posted without a loop
+    // (while paused, at play) there, `ceil(nextStep / steps)` as in clock-processor.js.
+    const steps = this.sync.steps;
+    const nextLoopStart = Math.ceil((this.renderedStep.loop * steps + this.renderedStep.step + 1) / steps);
+    // Posted to the clock already (a sync, or Local Data while paused)? An
+    // answer still here after its Loop Start was rendered came too late for
+    // it: the clock takes it at the next one.
+    /** @type {number | null} */
     let loop = null;
     for (const { loop: postedLoop, others } of this.posted.values()) {
-      if (jsonEqual(others[user] ?? null, latest ?? null)) loop = postedLoop;
+      if (jsonEqual(others[user] ?? null, latest ?? null)) loop = Math.max(postedLoop ?? nextLoopStart, nextLoopStart);
     }
     if (loop !== null) return loop;
     // Not yet: the next sync moment still to come takes it.
-    return Math.max(this.lastSyncLoop + 1, this.renderedStep.loop + 1);
+    return Math.max(this.lastSyncLoop + 1, nextLoopStart);
   }
 
   /**
@@ -558,6 +572,20 @@ class App {
     const secondsPerStep = 60 / this.bpm / 4;
     const steps = loop * this.sync.steps - (rendered.loop * this.sync.steps + rendered.step);
     return rendered.contextTime + steps * secondsPerStep - this.heardNow;
+  }
+
+  /**
+   * @param {string} user
+   * @returns {number | null} seconds until `user`'s latest part is heard; null when it is not known
+   */
+  _secondsUntilHeardFor(user) {
+    const latest = this.sync.shared[user] ?? null;
+    // Switched to by the clock already, and on its way to the speaker?
+    for (const item of this.heardQueue.items) {
+      if (item.type === 'applied' && jsonEqual(item.others[user] ?? null, latest)) return item.contextTime - this.heardNow;
+    }
+    const loop = this._loopHeardFrom(user);
+    return loop === null ? null : this._secondsUntilHeard(loop);
   }
 
   _render() {
@@ -600,8 +628,7 @@ class App {
       }
       let when = '';
       if (waiting) {
-        const loop = this._loopHeardFrom(user);
-        const seconds = loop === null ? null : this._secondsUntilHeard(loop);
+        const seconds = this._secondsUntilHeardFor(user);
         when = seconds === null ? 'changes at the next Loop Start' : `changes in ${Math.max(0, seconds).toFixed(1)} s`;
       }
       rows.push({
@@ -719,7 +746,7 @@ async function main() {
     onShare: () => app?.share(),
     onReconnect: () => app?.reconnectNow(),
     onExport: (loops) => app?.exportWav(loops),
-    onFirstGesture: () => app?.unlockAudio(),
+    onFirstGesture: () => app?.unlockAudio() ?? false,
     onJoin: (name) => {
       const invalid = checkName('user', name);
       if (invalid) {

@@ -44,14 +44,17 @@ export function saveUserName(storage, name, tabStorage = null, tabOnly = false) 
 }
 
 /**
- * The page's own mix for a room (mix.js reads it; anything unreadable is ignored).
+ * The page's own mix in a room, as one user of this browser listens (two
+ * tabs of one browser as two users keep two mixes). mix.js reads it;
+ * anything unreadable is ignored.
  * @param {Storage | null} storage
  * @param {string} room
+ * @param {string} user
  * @returns {unknown}
  */
-export function loadMix(storage, room) {
+export function loadMix(storage, room, user) {
   try {
-    const text = storage?.getItem(`loopsync-mix:${room}`);
+    const text = storage?.getItem(mixKey(room, user));
     return text ? JSON.parse(text) : null;
   } catch {
     return null;
@@ -61,14 +64,24 @@ export function loadMix(storage, room) {
 /**
  * @param {Storage | null} storage
  * @param {string} room
+ * @param {string} user
  * @param {unknown} mix what Mix.toJSON() gives
  */
-export function saveMix(storage, room, mix) {
+export function saveMix(storage, room, user, mix) {
   try {
-    storage?.setItem(`loopsync-mix:${room}`, JSON.stringify(mix));
+    storage?.setItem(mixKey(room, user), JSON.stringify(mix));
   } catch {
     // storage full or disabled: the mix lasts as long as the page
   }
+}
+
+/**
+ * @param {string} room
+ * @param {string} user
+ * @returns {string}
+ */
+function mixKey(room, user) {
+  return `loopsync-mix:${room}:${user}`;
 }
 
 /**

@@ -44,7 +44,7 @@ import { SOUNDS } from './rules.js';
  * @property {() => void} onShare copy the invite link
  * @property {() => void} onReconnect reconnect now
  * @property {(loops: number) => void} onExport export that many loops
- * @property {() => void} onFirstGesture the first touch, click or key press (audio unlock)
+ * @property {() => boolean} onFirstGesture a touch, click or key press while the audio is locked (unlock it); true once it runs
  */
 
 /**
@@ -127,14 +127,18 @@ export class View {
       handlers.onJoin(input.value.trim());
     });
     // Touch screens: no keyboard hints. Mobile browsers start audio only from
-    // a user gesture: the first one, whatever it is, unlocks it.
+    // a user gesture: any one, on any part of the page, unlocks it.
     const coarse = typeof matchMedia === 'function' && matchMedia('(hover: none) and (pointer: coarse)').matches;
     if (coarse || (navigator.maxTouchPoints > 0 && 'ontouchstart' in window)) this.setTouch(true);
+    // Every gesture until the audio runs: which events count as a user
+    // activation differs (a touch's pointerdown does not, its touchend and
+    // click do; iOS wants the resume inside the handler itself).
+    const gestures = ['pointerdown', 'touchend', 'keydown', 'click'];
     const unlock = () => {
-      handlers.onFirstGesture();
-      for (const type of ['pointerdown', 'touchend', 'keydown', 'click']) document.removeEventListener(type, unlock, true);
+      if (!handlers.onFirstGesture()) return;
+      for (const type of gestures) document.removeEventListener(type, unlock, true);
     };
-    for (const type of ['pointerdown', 'touchend', 'keydown', 'click']) document.addEventListener(type, unlock, true);
+    for (const type of gestures) document.addEventListener(type, unlock, true);
     document.addEventListener('touchstart', () => this.setTouch(true), { once: true, passive: true });
   }
 
@@ -154,6 +158,7 @@ export class View {
     this._byId('join-message').textContent = message;
     this._byId('join').hidden = false;
     this._byId('app').hidden = true;
+    this.connection.hidden = true; // nothing connects before there is a name
     this._byId('join-name').focus();
   }
 
@@ -166,7 +171,8 @@ export class View {
     this._byId('room').textContent = `room ${room} · you are ${user}`;
     this._byId('join').hidden = true;
     this._byId('app').hidden = false;
-    this.shareButton.hidden = false;
+    this.connection.hidden = false;
+    this.shareButton.hidden = this.reconnectButton.hidden === false;
   }
 
   /**
@@ -177,7 +183,11 @@ export class View {
     this.connection.className = `connection ${state}`;
     this.connection.dataset.state = state;
     if (this.connection.textContent !== text) this.connection.textContent = text;
-    this.reconnectButton.hidden = state !== 'closed';
+    // Offline, "Reconnect now" takes the place of "Copy invite link": the
+    // header keeps its lines on a phone, so the grid does not move down.
+    const offline = state === 'closed';
+    this.reconnectButton.hidden = !offline;
+    if (!this._byId('app').hidden) this.shareButton.hidden = offline;
   }
 
   /** @param {boolean} playing */
@@ -338,6 +348,7 @@ export class View {
     badge.textContent = 'away';
     badge.hidden = true;
     nameLine.append(swatch, name, badge);
+    nameLine.title = name.textContent; // a long name is cut short on screen
     const detail = element('small', 'detail');
     const when = element('small', 'when');
     who.append(nameLine, detail, when);
