@@ -1,33 +1,14 @@
-"""What the benchmarks share: the servers they start, the load processes that drive them, and the accounting.
+"""What the benchmarks share: the servers they start, the load that drives them, and the accounting.
 
-- **Servers.** :data:`KINDS` is the table of servers a benchmark can start,
-  one entry each: its command line and the first line it prints once it
-  listens. :class:`ServerProcess` starts one on a free port (or again on the
-  same port and data directory, for a restart) and reads its CPU time, its
-  resident memory and its open descriptors from ``/proc`` (the process and
-  every process it started, so a kind that starts several processes is
-  counted whole).
-- **Load.** :class:`Session` runs load worker processes (this file, run as
-  ``python bench/harness.py --worker CONFIG``) against one server for one
-  step or many. A load client is a bare asyncio protocol on uvloop speaking
-  just enough RFC 6455: the load generator must cost less than the servers it
-  measures, since both share the machine's cores. An update's ``seq`` counts
-  up from 1 per client; its send time goes into a file shared by the
-  session's workers (:class:`SendTimes`), so every receiver times every
-  delivery and every sender its acks, with one clock
-  (``CLOCK_MONOTONIC``) for every process of the machine.
-  :class:`Attacker` runs one of ``hostile.py``'s raw-socket attacks (this
-  file as ``--attacker NAME CONFIG``) in a process of its own.
-- **Pages.** Headless Chromium (:func:`chromium`) and loopsync pages in it
-  (:func:`new_page`, :func:`open_loopsync`), for the benchmarks that measure
-  the web client.
-- **Figures.** Percentiles, CPU per delivery, the disk probe, the ramp's
-  search for a server's limit, plots (:class:`Svg`), the largest RSS and
-  descriptor count under load (:class:`Sampler`), and the JSON file.
-
-Adding a server kind is adding a :class:`Kind` to :data:`KINDS`; a ready
-line that names several URLs (a cluster's nodes) spreads every room's
-clients over them in turn.
+Servers (:data:`KINDS`, :class:`ServerProcess`: CPU, RSS and descriptors of
+the whole process tree from ``/proc``); load worker processes
+(:class:`Session`: this file run as ``--worker CONFIG``, bare asyncio
+clients on uvloop that cost less than the servers they measure, every send
+time in one shared file so every delivery and ack is timed on
+``CLOCK_MONOTONIC``); hostile.py's raw-socket attacks (:class:`Attacker`,
+``--attacker NAME CONFIG``); headless Chromium pages; and the figures:
+percentiles, CPU per delivery, the disk probe, the ramp, plots, the JSON
+file. docs/benchmarks.md, "The harness", says more.
 """
 
 from __future__ import annotations
@@ -163,15 +144,6 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a process (``statm``: cheap enough to sample often)."""
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
-
-
-def open_descriptors(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 class ServerProcess:
     """One server of :data:`KINDS` in its own process (or processes), on 127.0.0.1.
 
@@ -290,10 +262,11 @@ class ServerProcess:
         return cpu_seconds(self.pid)
 
     def rss_bytes(self) -> int:
-        return sum(rss_bytes(pid) for pid in process_tree(self.pid))
+        """Resident memory of all its processes (``statm``: cheap enough to sample often)."""
+        return sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES for pid in process_tree(self.pid))
 
     def open_descriptors(self) -> int:
-        return sum(open_descriptors(pid) for pid in process_tree(self.pid))
+        return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in process_tree(self.pid))
 
 
 def install_yjs() -> None:
@@ -1354,6 +1327,14 @@ class Sampler:
             except OSError:
                 return  # the server is gone
             self.rss_bytes, self.descriptors = max(self.rss_bytes, rss), max(self.descriptors, descriptors)
+
+
+def arguments(doc: str, smoke: str) -> argparse.ArgumentParser:
+    """A benchmark's command line, described by the first line of its docstring, with what every one has: ``--smoke`` and ``--json``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help=smoke)
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    return parser
 
 
 def write_json(path: Path | None, figures: Any) -> None:

@@ -1,60 +1,13 @@
 """Soak and faults: many headless clients editing for a while through cuts and a server restart; nothing may be lost.
 
-A real server (``python -m loopsync serve --store sqlite`` in a subprocess) and
-``--clients`` headless clients (``loopsync.client.Client``, all in this
-process) in ``--rooms`` rooms, each at its own random tempo (200-300 BPM, so
-loops are short and updates many). For ``--seconds`` every client acts at
-random moments: toggles a step (most often), changes its sound, pauses and
-plays, changes tempo. Meanwhile:
-
-- every few seconds one client's connection is cut abruptly (its socket shut
-  down, no close frame), and the client reconnects by itself;
-- in the middle of the run the server is killed (SIGKILL: no clean shutdown)
-  and started again on the same port and SQLite directory; the clients come
-  back by themselves. ``--long`` runs five minutes with three restarts,
-  alternating SIGKILL and SIGTERM.
-
-``--cluster`` runs the cluster instead (harness kind ``cluster-2``: two
-worker processes sharing one port, PostgreSQL and Redis started for the run)
-and kills one worker instead of the server: its clients reconnect to the same
-URL and land on the other worker (``SO_REUSEPORT``), while the supervisor
-starts a new one.
-
-The users keep still around each kill (no edits, pauses or cuts), so that
-what is timed is the failover and not a user: the run waits until every
-client is connected (in a cluster, on both workers), has every client play
-and toggle one step (an edit not yet sent when the signal goes), and lets
-the users move again once all are back with nothing unconfirmed. The
-**failover time** of a client whose connection the kill cut is from the
-signal to its first ``ack`` after that (on a new connection, so from the
-surviving worker or the restarted server). In a cluster, the clients on the
-surviving worker must not lose their connection at all.
-
-Then a quiet period: every client plays, and the run waits until every client
-is connected with no edit unconfirmed and has played a whole loop since. The
-checks, against the server's Shared Data read twice (a ``snapshot`` over a
-fresh raw connection, and the store of record: the SQLite file, or
-PostgreSQL's ``loopsync.parts`` for ``--cluster``):
-
-- every acknowledged update is there: the server holds that part, or a later
-  one of the same user (an update carries the whole part, so a later one
-  replaces it); an acknowledged update whose seq the server no longer has is
-  lost;
-- the snapshot and the store of record agree;
-- every client's Local Data equals the room's Shared Data (so all copies agree
-  with each other), and each client's own part on the server equals its final
-  local part.
-
-Usage::
-
-    python bench/soak.py            # 12 clients in 3 rooms, 60 s, one restart
-    python bench/soak.py --long     # 300 s, three restarts
-    python bench/soak.py --smoke    # 6 clients in 2 rooms, a few seconds (the test suite)
-    python bench/soak.py --cluster  # the same against two cluster workers; one of them killed
-
-Exit code 1 if anything acknowledged is lost, a copy disagrees, a client
-did not come back, or a client on a surviving worker lost its connection;
-0 otherwise.
+Clients in this process act at random (edits, sounds, pauses, tempi) while
+connections are cut and the server is killed and started again
+(``--cluster``: one of two cluster workers killed, its clients failing over
+to the other). The users keep still around each kill, so that what is timed
+is the failover. After a quiet period, every acknowledged update must be in
+the server's Shared Data (read as a snapshot and from the store of record,
+which must agree) and every client's copy must equal it. Exit 1 if anything
+is lost or disagrees. docs/benchmarks.md, "Soak and faults".
 """
 
 from __future__ import annotations
@@ -81,10 +34,8 @@ import aiohttp
 from loopsync.client import Client, Event
 from loopsync.document import SOUNDS, Part, copy_part
 
-if str(Path(__file__).resolve().parent) not in sys.path:
-    sys.path.append(str(Path(__file__).resolve().parent))
-from harness import ServerProcess, percentile, process_tree  # noqa: E402  (a sibling script)
-from latency import loop_seconds  # noqa: E402  (a sibling script)
+from harness import ServerProcess, percentile, process_tree, write_json
+from latency import loop_seconds
 
 STEPS = 16
 
@@ -577,8 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="loopsync-soak-") as tmp:
         result = asyncio.run(soak(config, Path(tmp) / "data"))
     print(report(result, config), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({**asdict(result), "ok": result.ok}, indent=1))
+    write_json(args.json, {**asdict(result), "ok": result.ok})
     return 0 if result.ok else 1
 
 
