@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness import Session, cpu_per_delivery, row, times, warmup_text
+from harness import Sessions, cpu_per_delivery, row, times, warmup_text
 
 BUDGET_MS = 20.0
 TARGETS = (("loopsync", "yjs", 2.0), ("loopsync", "floor", 0.95))
@@ -51,16 +51,9 @@ def cost(duration: float, kinds: tuple[str, ...], rooms: int = 150, rounds: int 
     period = 0.1
     print(f"cost: {rooms} rooms x 4 clients, one update per client every {period:g} s, {rounds} rounds of {duration:g} s"
           f" after {warmup_text(warmup, kinds)}; the servers take turns")
-    rounds_rows: list[dict[str, dict[str, Any]]] = []
-    sessions: dict[str, Session] = {}
-    try:
-        for kind in kinds:
-            sessions[kind] = Session(kind, 4, period)
-        for _ in range(rounds):
-            rounds_rows.append({kind: {**sessions[kind].step(rooms, duration, warmup), "scenario": "cost"} for kind in kinds})
-    finally:
-        for session in sessions.values():
-            session.close()
+    with Sessions(4, period, kinds) as sessions:  # every server up before the first round
+        rounds_rows = [{kind: {**sessions[kind].step(rooms, duration, warmup), "scenario": "cost"} for kind in kinds}
+                       for _ in range(rounds)]
     for kind in kinds:
         runs = [by_kind[kind] for by_kind in rounds_rows]
         cpus = ", ".join(f"{cpu_per_delivery(run):.1f}" for run in runs)
@@ -103,12 +96,9 @@ def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = BUDGET_MS,
     rows = []
     searches = {kind: harness.find_limit(budget_ms, bisections) for kind in kinds}
     next_rooms = {kind: next(search) for kind, search in searches.items()}
-    sessions: dict[str, Session] = {}
-    try:
+    with Sessions(4, period) as sessions:
         while next_rooms:
             for kind in list(next_rooms):
-                if kind not in sessions:
-                    sessions[kind] = Session(kind, 4, period)
                 figures = {**sessions[kind].step(next_rooms[kind], duration), "scenario": "ramp"}
                 rows.append(figures)
                 print(row(figures), flush=True)
@@ -117,9 +107,6 @@ def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = BUDGET_MS,
                 except StopIteration:
                     del next_rooms[kind]
                     sessions.pop(kind).close()
-    finally:
-        for session in sessions.values():
-            session.close()
     summarise_ramp(rows, kinds, budget_ms)
     return rows
 
@@ -177,10 +164,10 @@ def main() -> int:
     disk = harness.disk_probe(0.5 if args.smoke else 10 if args.long else 3)
     print(harness.disk_row(disk), flush=True)
     clusters = CLUSTER_KINDS if args.cluster else ()
+    everyone = ("relay", "floor", "loopsync", "loopsync-memory", "yjs", *clusters)
     if args.smoke:
-        rows = scenario("smoke", 5, 4, 0.25, 1.5, ("relay", "floor", "loopsync", "loopsync-memory", "yjs", *clusters), warmup=0.5)
+        rows = scenario("smoke", 5, 4, 0.25, 1.5, everyone, warmup=0.5)
     elif args.long:
-        everyone = ("relay", "floor", "loopsync", "loopsync-memory", "yjs", *clusters)
         rows = scenario("rooms", 500, 4, 0.5, 10, ("relay", "loopsync", "yjs"))
         rows += scenario("crowd", 1, 200, 2.0, 8, ("relay", "loopsync", "yjs"))
         rows += cost(2, everyone)

@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 
@@ -172,16 +172,21 @@ class Result:
 # -- the run --------------------------------------------------------------------------
 
 
-async def act(member: Member, rng: random.Random, config: Config, end: float, moving: asyncio.Event) -> None:
-    """One client's user: random edits, pauses, plays and tempo changes until ``end`` (none while ``moving`` is clear)."""
-    client = member.client
-    assert client is not None
-    for _ in range(int(config.seconds / config.action_gap[0]) + 1):
-        await asyncio.sleep(rng.uniform(*config.action_gap))
+async def moments(rng: random.Random, gap: tuple[float, float], config: Config, end: float, moving: asyncio.Event) -> AsyncIterator[None]:
+    """Random moments ``gap`` apart until ``end``, but for those while ``moving`` is clear (the users keep still)."""
+    for _ in range(int(config.seconds / gap[0]) + 1):
+        await asyncio.sleep(rng.uniform(*gap))
         if time.monotonic() >= end:
             return
-        if not moving.is_set():
-            continue
+        if moving.is_set():
+            yield
+
+
+async def act(member: Member, rng: random.Random, config: Config, end: float, moving: asyncio.Event) -> None:
+    """One client's user: random edits, pauses, plays and tempo changes until ``end``."""
+    client = member.client
+    assert client is not None
+    async for _ in moments(rng, config.action_gap, config, end, moving):
         roll = rng.random()
         if not client.clock.playing and roll < 0.4:
             client.play()
@@ -196,13 +201,8 @@ async def act(member: Member, rng: random.Random, config: Config, end: float, mo
 
 
 async def cut(members: list[Member], rng: random.Random, config: Config, end: float, moving: asyncio.Event) -> None:
-    """Every few seconds, cut one connected client's connection abruptly (none while ``moving`` is clear)."""
-    for _ in range(int(config.seconds / config.cut_gap[0]) + 1):
-        await asyncio.sleep(rng.uniform(*config.cut_gap))
-        if time.monotonic() >= end:
-            return
-        if not moving.is_set():
-            continue
+    """Every few seconds, cut one connected client's connection abruptly."""
+    async for _ in moments(rng, config.cut_gap, config, end, moving):
         connected = [m for m in members if m.client is not None and m.client.joined]
         if connected:
             member = rng.choice(connected)
