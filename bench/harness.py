@@ -1332,10 +1332,13 @@ class Sampler:
             self.rss_bytes, self.descriptors = max(self.rss_bytes, rss), max(self.descriptors, descriptors)
 
 
-def arguments(doc: str, smoke: str) -> argparse.ArgumentParser:
-    """A benchmark's command line, described by the first line of its docstring, with what every one has: ``--smoke`` and ``--json``."""
+def arguments(doc: str, smoke: str, long: str | None = None) -> argparse.ArgumentParser:
+    """A benchmark's command line, described by the first line of its docstring: ``--smoke``, ``--json`` and (given ``long``) ``--long``, not with ``--smoke``."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help=smoke)
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--smoke", action="store_true", help=smoke)
+    if long is not None:
+        length.add_argument("--long", action="store_true", help=long)
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     return parser
 

@@ -11,7 +11,6 @@ took: exit 0 then, 1 otherwise. docs/benchmarks.md, "Edit-to-ear latency".
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import math
 import random
@@ -19,7 +18,6 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import harness
@@ -82,9 +80,8 @@ async def record(url: str, bpm_a: float, bpm_b: float, lead: float, seconds: flo
     alice: Client
 
     def on_alice(event: Event) -> None:
-        if event["event"] == "sync":
-            if event["sent"]:
-                event["seq"] = max(alice.sync.in_flight)
+        if event["event"] == "sync" and event["sent"]:
+            event["seq"] = max(alice.sync.in_flight)
         if event["event"] in KEPT_EVENTS and event["event"] != "received":
             run.log.append(("A", event))
 
@@ -412,17 +409,13 @@ def report(figures: dict[str, Any], seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="loopsync edit-to-ear latency between two clients")
-    length = parser.add_mutually_exclusive_group()
-    length.add_argument("--long", action="store_true", help="edit for 300 s instead of 60")
-    length.add_argument("--smoke", action="store_true", help="edit for 3 s (the test suite)")
-    length.add_argument("--seconds", type=float, help="edit for this many seconds")
+    parser = harness.arguments(__doc__, smoke="edit for 3 s (the test suite)", long="edit for 300 s instead of 60")
+    parser.add_argument("--seconds", type=float, help="edit for this many seconds (instead of --smoke's or --long's)")
     parser.add_argument("--bpm-a", type=float, default=300.0, help="alice's tempo, the editor (default 300)")
     parser.add_argument("--bpm-b", type=float, default=233.0, help="bob's tempo, the listener (default 233)")
     parser.add_argument("--lead", type=float, default=0.05, help="both clients' lead in seconds (default 0.05)")
     parser.add_argument("--gap", type=float, default=0.2, help="mean seconds between edits (default 0.2)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the edit moments and steps")
-    parser.add_argument("--json", type=Path, help="write every figure, and every edit, to this file")
     parser.add_argument("--browser", action="store_true", help="two pages in headless Chromium instead of two headless clients")
     parser.add_argument("--chromium", default=harness.CHROMIUM, help="the Chromium binary for --browser")
     args = parser.parse_args(argv)

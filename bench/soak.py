@@ -12,7 +12,6 @@ is lost or disagrees. docs/benchmarks.md, "Soak and faults".
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
@@ -34,7 +33,7 @@ import aiohttp
 from loopsync.client import Client, Event
 from loopsync.document import SOUNDS, Part, copy_part
 
-from harness import ServerProcess, percentile, process_tree, write_json
+from harness import ServerProcess, arguments, percentile, process_tree, write_json
 from latency import loop_seconds
 
 STEPS = 16
@@ -67,7 +66,8 @@ class Member:
 
     room: str
     user: str
-    client: Client | None = None
+    client: Client = field(init=False)
+    """Made by :func:`soak` with this member's :meth:`on_event`."""
     sent: dict[int, Part] = field(default_factory=dict)
     acked: dict[int, Part] = field(default_factory=dict)
     edits: int = 0
@@ -85,9 +85,8 @@ class Member:
         # Updates are recorded when the client queues them (its in-flight set), not only when the
         # writer reports them sent: an ack may be read before the writer's "sent" event, and an
         # update may reach the server although its send raised.
-        if self.client is not None:
-            for seq, part in self.client.sync.in_flight.items():
-                self.sent.setdefault(seq, copy_part(part))
+        for seq, part in self.client.sync.in_flight.items():
+            self.sent.setdefault(seq, copy_part(part))
         name = event["event"]
         if name == "sent" and event["message"].get("type") == "update":
             self.sent.setdefault(int(event["message"]["seq"]), event["message"]["part"])
@@ -102,8 +101,7 @@ class Member:
             self.edits += 1
         elif name == "connected":
             self.connections += 1
-            if self.client is not None:
-                self.joined_on.append((event["monotonic"], node_of(self.client)))
+            self.joined_on.append((event["monotonic"], node_of(self.client)))
         elif name == "disconnected" and event["was_connected"]:
             self.disconnects += 1
             self.dropped_at.append(event["monotonic"])
@@ -185,7 +183,6 @@ async def moments(rng: random.Random, gap: tuple[float, float], config: Config, 
 async def act(member: Member, rng: random.Random, config: Config, end: float, moving: asyncio.Event) -> None:
     """One client's user: random edits, pauses, plays and tempo changes until ``end``."""
     client = member.client
-    assert client is not None
     async for _ in moments(rng, config.action_gap, config, end, moving):
         roll = rng.random()
         if not client.clock.playing and roll < 0.4:
@@ -203,10 +200,9 @@ async def act(member: Member, rng: random.Random, config: Config, end: float, mo
 async def cut(members: list[Member], rng: random.Random, config: Config, end: float, moving: asyncio.Event) -> None:
     """Every few seconds, cut one connected client's connection abruptly."""
     async for _ in moments(rng, config.cut_gap, config, end, moving):
-        connected = [m for m in members if m.client is not None and m.client.joined]
+        connected = [m for m in members if m.client.joined]
         if connected:
             member = rng.choice(connected)
-            assert member.client is not None
             member.client.drop_connection()
             member.cuts += 1
 
@@ -219,7 +215,7 @@ async def restart(server: ServerProcess, members: list[Member], rng: random.Rand
     connected with nothing unconfirmed; then each toggles one step and the signal goes at once, so every client has
     exactly one edit that needs an ack after it; the users move again once all are back with nothing unconfirmed.
     """
-    clients = [m.client for m in members if m.client is not None]
+    clients = [m.client for m in members]
     for index in range(config.restarts):
         at = start + config.seconds * (index + 1) / (config.restarts + 1)
         await asyncio.sleep(max(0.0, at - time.monotonic()))
@@ -232,7 +228,7 @@ async def restart(server: ServerProcess, members: list[Member], rng: random.Rand
         await wait_until(lambda: settled(members), config.quiet_timeout)
         for client in clients:
             client.toggle(rng.randrange(STEPS))
-        kill = Kill(time.monotonic(), {m.user: node_of(m.client) for m in members if m.client is not None and m.client.joined})
+        kill = Kill(time.monotonic(), {m.user: node_of(m.client) for m in members if m.client.joined})
         # The signal goes from here, not from a thread: no client may send its edit before it.
         os.kill(process_tree(server.pid)[1] if config.cluster else server.pid, signal_number)  # [1]: a worker of the supervisor
         if not config.cluster:  # a cluster's supervisor starts another worker by itself
@@ -249,14 +245,13 @@ async def restart(server: ServerProcess, members: list[Member], rng: random.Rand
 
 async def spread(members: list[Member], rng: random.Random, config: Config) -> None:
     """Cut connections until the clients sit on both workers: a kill with all of them on one side times nothing or spares nobody."""
-    clients = [m.client for m in members if m.client is not None]
+    clients = [m.client for m in members]
     for _ in range(20):
         await wait_until(lambda: all(client.joined for client in clients), config.quiet_timeout)
         if len({node_of(client) for client in clients if client.joined}) > 1:
             return
         member = rng.choice(members)
         client, connections = member.client, member.connections
-        assert client is not None
         client.drop_connection()
         member.cuts += 1
         await wait_until(lambda: member.connections > connections and client.joined, config.quiet_timeout)
@@ -274,7 +269,6 @@ def settled(members: list[Member]) -> bool:
     """Every client connected and playing, with nothing unconfirmed or in flight."""
     for member in members:
         client = member.client
-        assert client is not None
         if not (client.joined and client.clock.playing and not client.sync.dirty() and not client.sync.in_flight):
             return False
     return True
@@ -321,8 +315,7 @@ def store_of(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, tuple[int, Part
 
 def presence_seen(member: Member, members: list[Member]) -> tuple[list[Any], list[Any]]:
     """What the client sees in presence, and what it should see: its room's clients, each playing at its own tempo."""
-    assert member.client is not None
-    expected = sorted((m.user, True, m.client.clock.bpm) for m in members if m.room == member.room and m.client)
+    expected = sorted((m.user, True, m.client.clock.bpm) for m in members if m.room == member.room)
     seen = sorted((entry.get("user"), entry.get("playing"), entry.get("bpm")) for entry in member.client.presence)
     return seen, expected
 
@@ -346,7 +339,6 @@ def check(members: list[Member], snapshots: dict[str, dict[str, Any]], store: di
         result.problems.append("the snapshot and the store of record differ")
     for member in members:
         client = member.client
-        assert client is not None
         held = store.get(member.room, {}).get(member.user)
         for seq, part in sorted(member.acked.items()):
             if held is None or held[0] < seq or (held[0] == seq and held[1] != part):
@@ -411,12 +403,13 @@ async def soak(config: Config, data_dir: Path) -> Result:
     server = ServerProcess(result.server, data_dir)
     await asyncio.to_thread(server.start)
     members = [Member(f"room{index % config.rooms}", f"user{index}") for index in range(config.clients)]
+    for member in members:  # a client connects only once started
+        member.client = Client(server.ws_url, member.room, member.user, bpm=round(rng.uniform(*config.bpm)),
+                               sound=rng.choice(SOUNDS), on_event=member.on_event)
     try:
         for member in members:
-            member.client = Client(server.ws_url, member.room, member.user, bpm=round(rng.uniform(*config.bpm)),
-                                   sound=rng.choice(SOUNDS), on_event=member.on_event)
             await member.client.start()
-        await asyncio.wait_for(asyncio.gather(*(m.client.wait_joined() for m in members if m.client)), 30)
+        await asyncio.wait_for(asyncio.gather(*(m.client.wait_joined() for m in members)), 30)
         start = time.monotonic()
         end = start + config.seconds
         moving = asyncio.Event()
@@ -429,18 +422,16 @@ async def soak(config: Config, data_dir: Path) -> Result:
         # The quiet period: everyone plays; wait until all are back with nothing unconfirmed.
         quiet = time.monotonic()
         for member in members:
-            assert member.client is not None
             member.client.play()
         result.settled = await wait_until(lambda: settled(members), config.quiet_timeout)
         if result.settled:
             # Every client syncs and starts one more loop with the last Shared Data.
-            await asyncio.sleep(max(loop_seconds(m.client.clock.bpm) for m in members if m.client) * 2 + 0.2)
+            await asyncio.sleep(max(loop_seconds(m.client.clock.bpm) for m in members) * 2 + 0.2)
             result.settled = settled(members)
         result.settle_seconds = time.monotonic() - quiet
         if not result.settled:
             for member in members:
                 client = member.client
-                assert client is not None
                 if not settled([member]):
                     result.problems.append(f"{member.room}/{member.user} did not settle: joined {client.joined}, "
                                            f"dirty {client.sync.dirty()}, in flight {sorted(client.sync.in_flight)}")
@@ -455,8 +446,7 @@ async def soak(config: Config, data_dir: Path) -> Result:
         check_failover(members, kills, result)
     finally:
         for member in members:
-            if member.client is not None:
-                await member.client.close()
+            await member.client.close()
         await asyncio.to_thread(server.close)
     result.edits = sum(m.edits for m in members)
     result.updates_sent = sum(len(m.sent) for m in members)
@@ -503,17 +493,13 @@ def report(result: Result, config: Config) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="loopsync soak: clients, cuts and a server restart; nothing may be lost")
-    length = parser.add_mutually_exclusive_group()
-    length.add_argument("--long", action="store_true", help="300 s and three restarts")
-    length.add_argument("--smoke", action="store_true", help="6 clients in 2 rooms for 5 s, one restart (the test suite)")
+    parser = arguments(__doc__, smoke="6 clients in 2 rooms for 5 s, one restart (the test suite)", long="300 s and three restarts")
     parser.add_argument("--cluster", action="store_true", help="two cluster workers on PostgreSQL and Redis; a restart kills one worker")
     parser.add_argument("--clients", type=int, help="number of clients (default 12)")
     parser.add_argument("--rooms", type=int, help="number of rooms (default 3)")
     parser.add_argument("--seconds", type=float, help="length of the busy part (default 60)")
     parser.add_argument("--restarts", type=int, help="server restarts (default 1)")
     parser.add_argument("--seed", type=int, default=1, help="random seed")
-    parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args(argv)
     if args.long:
         config = Config(seconds=300.0, restarts=3)
