@@ -855,6 +855,12 @@ class Session:
         })
         return figures
 
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """End the workers (they close their clients), then the server if the session started it."""
         for worker in self.workers:
@@ -899,11 +905,8 @@ class Sessions(dict[str, Session]):
 def run_load(kind: str, rooms: int, per_room: int, period: float, duration: float, wrapper: tuple[str, ...] = (),
              warmup: float | None = None) -> dict[str, Any]:
     """Start ``kind``'s server, connect ``rooms x per_room`` clients, send for ``warmup + duration`` s; figures of the last ``duration`` s."""
-    session = Session(kind, per_room, period, wrapper)
-    try:
+    with Session(kind, per_room, period, wrapper) as session:
         return session.step(rooms, duration, warmup)
-    finally:
-        session.close()
 
 
 # -- the load: attackers (bench/hostile.py) ----------------------------------------------

@@ -163,11 +163,8 @@ class FetchStorm(Attack):
     name = "fetch storm"
 
     def begin(self) -> None:
-        writers = Session(None, 256, 1.0, server=self.server, room_prefix="parts")
-        try:
+        with Session(None, 256, 1.0, server=self.server, room_prefix="parts") as writers:
             written = writers.step(1, 1.0, warmup=0.0)
-        finally:
-            writers.close()
         count = self.config.fetchers
         self.description = (f"a room of 256 parts ({written['acks']} acknowledged), then {count} connections sending fetch"
                             " 20 times a second")
@@ -301,16 +298,13 @@ def run(kind: str, config: Config, attacks: tuple[type[Attack], ...], with_rooms
     with ServerProcess(kind) as server:
         print(f"hostile: {kind} at {server.http_urls[0]}; observer: 1 room of {OBSERVER_CLIENTS} clients, an update each every"
               f" {OBSERVER_PERIOD_SECONDS:g} s, acks timed over {config.window_seconds:g} s windows", flush=True)
-        observer = Session(None, OBSERVER_CLIENTS, OBSERVER_PERIOD_SECONDS, server=server, workers=1, room_prefix="observer")
         results = []
-        try:
+        with Session(None, OBSERVER_CLIENTS, OBSERVER_PERIOD_SECONDS, server=server, workers=1, room_prefix="observer") as observer:
             observe(observer, config)  # joined, and the server warm, before any attack's start is measured
             for attack_type in attacks:
                 result = run_attack(attack_type, server, observer, config)
                 print(report_attack(result), flush=True)
                 results.append(result)
-        finally:
-            observer.close()
         rooms = idle_rooms(server, config) if with_rooms else None
         if rooms is not None:
             print(report_rooms(rooms), flush=True)
