@@ -347,9 +347,8 @@ def svg_plot(figures: list[Figures], condition: str = "block300") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = harness.arguments(__doc__, smoke=f"{SMOKE_SECONDS:g} s per run (the test suite runs as much)")
+    parser = harness.arguments(__doc__, smoke=f"{SMOKE_SECONDS:g} s per run (the test suite runs as much)", long=f"{LONG_SECONDS:g} s per run")
     parser.add_argument("--seconds", type=float, default=None, help=f"seconds per run (default {DEFAULT_SECONDS:g})")
-    parser.add_argument("--long", action="store_true", help=f"{LONG_SECONDS:g} s per run")
     parser.add_argument("--serial", action="store_true", help="one condition at a time (its two pages side by side)")
     parser.add_argument("--plot", type=Path, help="plot the onset errors under the 300 ms blocks to this .svg or .png "
                         "(a PNG is the SVG rendered by the same Chromium)")

@@ -145,9 +145,9 @@ def summarise_ramp(rows: list[dict[str, Any]], kinds: tuple[str, ...], budget_ms
 
 
 def main() -> int:
-    parser = harness.arguments(__doc__, smoke="a few seconds of small load on every server (for the test suite)")
-    parser.add_argument("--long", action="store_true",
-                        help="the full version: longer windows, y-websocket in every scenario, every server in the ramp and the cost scenario, a finer search (seven minutes or more)")
+    parser = harness.arguments(__doc__, smoke="a few seconds of small load on every server (for the test suite)",
+                               long="the full version: longer windows, y-websocket in every scenario, every server in the ramp and the cost"
+                                    " scenario, a finer search (seven minutes or more)")
     parser.add_argument("--floor", action="store_true", help="also run the cost scenario in the default run")
     parser.add_argument("--cluster", action="store_true",
                         help="also a cluster of one node and of two (PostgreSQL + Redis, started for the run) in the cost scenario and the ramp,"
