@@ -1,21 +1,12 @@
 """The baselines of the fan-out benchmark: a bare WebSocket relay on loopsync's stack, and the floor.
 
-loopsync's own connection layer (``loopsync.connection``: the same
-handshake, frame parsing, read budget, buffers and heartbeat as ``loopsync
-serve``) on the same event loop, garbage collector and GIL settings, and no
-rules at all: no validation, no store, no acks. ``hello`` puts a connection
-in a room and every later message goes as is to the room's other
-connections. What loopsync costs on top of this is what the benchmark
-measures.
-
-``--durable DIR`` makes it the floor: the least a server that keeps rules 2
-and 3 of DESIGN.md can do on this stack. Each message is parsed for its
-``seq`` (the ack must name it), committed with loopsync's own
-:class:`~loopsync.store.SqliteStore` (the same group commit and fsync, with
-no rules: ``write_soon``), and only then acknowledged to its sender and
-passed on as is. No validation, no ownership, no presence, no snapshot.
-Between the relay and the floor is what the rules of DESIGN.md cost; between
-the floor and loopsync, what loopsync's own code costs.
+loopsync's own connection layer, event loop and interpreter settings with no
+rules: ``hello`` puts a connection in a room, every later message goes as is
+to the room's others. ``--durable DIR`` makes it the floor: each message
+parsed for its ``seq``, committed with loopsync's ``SqliteStore``
+(``write_soon``), acknowledged, then passed on; no validation, ownership,
+presence or snapshot. Between the relay and the floor is what the durable
+work costs; between the floor and loopsync, loopsync's own code.
 
 ``--durable postgresql://... --bus redis://...`` makes it a cluster node's
 floor: each batch committed to PostgreSQL in one transaction (a plain

@@ -1,45 +1,17 @@
 """Clock accuracy: the loopsync web client against a main-thread lookahead scheduler, same machine, same run.
 
-In headless Chromium two pages play sixteenths at 120 BPM (5512.5 frames per
-step at 44.1 kHz, so rounding matters) of the client's ``hat`` (its first
-sample non-zero, its tail exact zeros):
-
-- ``loopsync``: the web client of a real ``loopsync serve`` (memory store),
-  its clock on the audio thread (``src/loopsync/web/clock-processor.js``);
-- ``baseline``: ``bench/clock_baseline.html``, "A Tale of Two Clocks": a
-  ``setTimeout`` every 25 ms schedules the next 100 ms of steps, the same hat
-  at the same frames ``start + round(n * framesPerStep)``.
-
-Each page plays with its main thread ``idle``, busy 300 ms every second
-(phased so that every sync moment of the loopsync page falls in a block), and
-busy once for 2 s. One recorder worklet (``tests/browser/onset_recorder.js``)
-finds the onsets of both, and one analysis (``analyse``) fits only the grid's
-origin (the first onset): an onset belongs to step n if it falls in
-[grid(n) - 1/4 step, grid(n) + 3/4 step); the error is onset - grid(n) in
-samples, the drift the least-squares slope of the errors in ppm. The
-reference is the audio clock itself: what is measured is whether each page
-puts its steps on the frames it means to, not the device's rate.
-
-The six runs play at once by default, each page in its own browser context
-(its own renderer and main thread); ``--serial`` plays one condition at a time.
-
-Usage::
-
-    python bench/clock.py                    # 60 s per run, all at once: about 70 s
-    python bench/clock.py --serial           # one condition at a time: about 3 minutes
-    python bench/clock.py --long             # 600 s per run
-    python bench/clock.py --smoke            # 4 s per run
-    python bench/clock.py --seconds 5 --json clock.json --plot clock.png
-
-Exit code 0 when the loopsync page met the target in every condition (0
-missing, 0 extra, max error <= 1 sample, the drift line moving less than one
-sample over the run); 1 otherwise. The baseline's figures are reported, not
-judged.
+Two pages in headless Chromium play sixteenths at 120 BPM: ``loopsync``
+(its clock on the audio thread) and ``baseline``
+(``bench/clock_baseline.html``, "A Tale of Two Clocks"), each with its main
+thread idle, busy 300 ms every second, and busy once for 2 s. One recorder
+worklet finds the onsets; :func:`analyse` fits the grid's origin and
+measures each onset's error in samples and the drift. Exit 0 when loopsync
+met the target in every condition; the baseline is reported, not judged.
+docs/benchmarks.md, "Clock accuracy".
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -375,12 +347,9 @@ def svg_plot(figures: list[Figures], condition: str = "block300") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="loopsync's audio-thread clock against a main-thread lookahead scheduler")
+    parser = harness.arguments(__doc__, smoke=f"{SMOKE_SECONDS:g} s per run (the test suite runs as much)", long=f"{LONG_SECONDS:g} s per run")
     parser.add_argument("--seconds", type=float, default=None, help=f"seconds per run (default {DEFAULT_SECONDS:g})")
-    parser.add_argument("--long", action="store_true", help=f"{LONG_SECONDS:g} s per run")
-    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_SECONDS:g} s per run (the test suite runs as much)")
     parser.add_argument("--serial", action="store_true", help="one condition at a time (its two pages side by side)")
-    parser.add_argument("--json", type=Path, help="write every figure (and each onset's error) to this file")
     parser.add_argument("--plot", type=Path, help="plot the onset errors under the 300 ms blocks to this .svg or .png "
                         "(a PNG is the SVG rendered by the same Chromium)")
     parser.add_argument("--chromium", default=harness.CHROMIUM, help="the Chromium binary")

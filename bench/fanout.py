@@ -1,41 +1,14 @@
-"""Server fan-out: loopsync against the servers that do the same work, and the peer a JavaScript developer would pick.
+"""Server fan-out: loopsync against the relay, the floor and y-websocket, the same load in the same run.
 
-Every server runs in its own process, driven by the same load from
-separate worker processes on 127.0.0.1 (``harness.Session``); every
-delivery and every ack is timed. Servers (``harness.KINDS``): ``relay``
-(the same stack with no rules), ``floor`` (the relay plus parse, fsynced
-commit and ack: the same durable work with none of loopsync's code),
-``loopsync`` (SQLite, every update committed before it is acknowledged),
-``loopsync-memory`` (the rules without the disk) and ``yjs`` (the stock
-y-websocket server); with ``--cluster`` also ``cluster`` and ``cluster-2``:
-one and two loopsync nodes on PostgreSQL and Redis (started for the run),
-and ``cluster-floor``, a node's floor (the relay plus parse, commit to
-PostgreSQL, publish on Redis and ack), with the CPU each of those uses per
-delivery.
-
-Scenarios:
-
-- ``rooms``: 500 rooms x 4 clients, each sending its part twice a second;
-- ``crowd``: one room of 200 clients, each sending once every 2 s;
-- ``cost`` (with ``--floor`` or ``--long``): 150 rooms of 4 at the ramp's
-  rate, under every server's limit, the servers taking turns three times:
-  each server's CPU per delivery as a multiple of the relay's;
-- ``ramp``: rooms of 4 clients each sending 10 updates a second, the rooms
-  doubled from 100 until p99 passes 20 ms, then bisected: the most
-  deliveries per second with p99 under 20 ms, each server's ramp in one
-  session, the servers taking turns step by step. It prints loopsync's
-  ratios against y-websocket (target >= 2) and the floor (target >= 0.95),
-  and memory per connection, idle and in the failed (overloaded) steps.
-
-Default: the relay, the floor and loopsync, 3 s windows and 2 s ramp steps,
-three bisections (two to three minutes). ``--long``: 8-10 s windows, 4 s ramp
-steps, four bisections, every server. ``--smoke``: a few seconds of a small
-load on every server (the test suite). Before the scenarios, a disk probe.
+Scenarios: ``rooms`` (500 rooms of 4), ``crowd`` (one room of 200),
+``cost`` (CPU per delivery against the relay's, the servers taking turns)
+and ``ramp`` (the most deliveries/s with p99 under 20 ms, against the
+targets). What each measures, and the figures: docs/benchmarks.md, "Server
+fan-out".
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -43,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness import Session, cpu_per_delivery, row, times, warmup_text
+from harness import Sessions, cpu_per_delivery, row, times, warmup_text
 
 BUDGET_MS = 20.0
 TARGETS = (("loopsync", "yjs", 2.0), ("loopsync", "floor", 0.95), ("cluster", "yjs", 2.0), ("cluster", "cluster-floor", 0.95))
@@ -78,16 +51,9 @@ def cost(duration: float, kinds: tuple[str, ...], rooms: int = 150, rounds: int 
     period = 0.1
     print(f"cost: {rooms} rooms x 4 clients, one update per client every {period:g} s, {rounds} rounds of {duration:g} s"
           f" after {warmup_text(warmup, kinds)}; the servers take turns")
-    rounds_rows: list[dict[str, dict[str, Any]]] = []
-    sessions: dict[str, Session] = {}
-    try:
-        for kind in kinds:
-            sessions[kind] = Session(kind, 4, period)
-        for _ in range(rounds):
-            rounds_rows.append({kind: {**sessions[kind].step(rooms, duration, warmup), "scenario": "cost"} for kind in kinds})
-    finally:
-        for session in sessions.values():
-            session.close()
+    with Sessions(4, period, kinds) as sessions:  # every server up before the first round
+        rounds_rows = [{kind: {**sessions[kind].step(rooms, duration, warmup), "scenario": "cost"} for kind in kinds}
+                       for _ in range(rounds)]
     for kind in kinds:
         runs = [by_kind[kind] for by_kind in rounds_rows]
         cpus = ", ".join(f"{cpu_per_delivery(run):.1f}" for run in runs)
@@ -130,12 +96,9 @@ def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = BUDGET_MS,
     rows = []
     searches = {kind: harness.find_limit(budget_ms, bisections) for kind in kinds}
     next_rooms = {kind: next(search) for kind, search in searches.items()}
-    sessions: dict[str, Session] = {}
-    try:
+    with Sessions(4, period) as sessions:
         while next_rooms:
             for kind in list(next_rooms):
-                if kind not in sessions:
-                    sessions[kind] = Session(kind, 4, period)
                 figures = {**sessions[kind].step(next_rooms[kind], duration), "scenario": "ramp"}
                 rows.append(figures)
                 print(row(figures), flush=True)
@@ -144,9 +107,6 @@ def ramp(duration: float, kinds: tuple[str, ...], budget_ms: float = BUDGET_MS,
                 except StopIteration:
                     del next_rooms[kind]
                     sessions.pop(kind).close()
-    finally:
-        for session in sessions.values():
-            session.close()
     summarise_ramp(rows, kinds, budget_ms)
     return rows
 
@@ -185,18 +145,16 @@ def summarise_ramp(rows: list[dict[str, Any]], kinds: tuple[str, ...], budget_ms
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="loopsync fan-out against the relay, the floor and y-websocket")
-    parser.add_argument("--long", action="store_true",
-                        help="the full version: longer windows, y-websocket in every scenario, every server in the ramp and the cost scenario, a finer search (seven minutes or more)")
-    parser.add_argument("--smoke", action="store_true", help="a few seconds of small load on every server (for the test suite)")
+    parser = harness.arguments(__doc__, smoke="a few seconds of small load on every server (for the test suite)",
+                               long="the full version: longer windows, y-websocket in every scenario, every server in the ramp and the cost"
+                                    " scenario, a finer search (seven minutes or more)")
     parser.add_argument("--floor", action="store_true", help="also run the cost scenario in the default run")
     parser.add_argument("--cluster", action="store_true",
-                        help="also a cluster of one node and of two (PostgreSQL + Redis, started for the run) in the cost scenario and the ramp,"
-                             " with the CPU per delivery of PostgreSQL and Redis")
-    parser.add_argument("--json", type=Path, help="write every figure to this file")
+                        help="also a node's floor and a cluster of one node and of two (PostgreSQL + Redis, started for the run) in the cost"
+                             " scenario and the ramp, with the CPU per delivery of PostgreSQL and Redis")
     parser.add_argument("--plot", type=Path, help="draw the ramp (p99 against deliveries/s) to this .svg or .png (a PNG needs Chromium)")
     parser.add_argument("--from-json", type=Path, metavar="JSON", help="with --plot: draw a run saved with --json, run nothing")
-    parser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium binary that renders a PNG")
+    parser.add_argument("--chromium", default=harness.CHROMIUM, help="the Chromium binary that renders a PNG")
     args = parser.parse_args()
     if args.from_json:
         if not args.plot:
@@ -206,10 +164,10 @@ def main() -> int:
     disk = harness.disk_probe(0.5 if args.smoke else 10 if args.long else 3)
     print(harness.disk_row(disk), flush=True)
     clusters = CLUSTER_KINDS if args.cluster else ()
+    everyone = ("relay", "floor", "loopsync", "loopsync-memory", "yjs", *clusters)
     if args.smoke:
-        rows = scenario("smoke", 5, 4, 0.25, 1.5, ("relay", "floor", "loopsync", "loopsync-memory", "yjs", *clusters), warmup=0.5)
+        rows = scenario("smoke", 5, 4, 0.25, 1.5, everyone, warmup=0.5)
     elif args.long:
-        everyone = ("relay", "floor", "loopsync", "loopsync-memory", "yjs", *clusters)
         rows = scenario("rooms", 500, 4, 0.5, 10, ("relay", "loopsync", "yjs"))
         rows += scenario("crowd", 1, 200, 2.0, 8, ("relay", "loopsync", "yjs"))
         rows += cost(2, everyone)
@@ -220,8 +178,7 @@ def main() -> int:
         if args.floor or args.cluster:
             rows += cost(2, ("relay", "floor", "loopsync", *clusters))
         rows += ramp(2, ("relay", "floor", "loopsync", *clusters), bisections=harness.QUICK_RAMP_BISECTIONS)
-    if args.json:
-        args.json.write_text(json.dumps({"disk": disk, "runs": rows}, indent=1))
+    harness.write_json(args.json, {"disk": disk, "runs": rows})
     if args.plot:
         harness.write_svg(harness.ramp_svg(rows), args.plot, args.chromium)
     short = [figures for figures in rows if figures["server"].startswith(("loopsync", "cluster"))

@@ -1,33 +1,14 @@
-"""What the benchmarks share: the servers they start, the load processes that drive them, and the accounting.
+"""What the benchmarks share: the servers they start, the load that drives them, and the accounting.
 
-- **Servers.** :data:`KINDS` is the table of servers a benchmark can start,
-  one entry each: its command line and the first line it prints once it
-  listens. :class:`ServerProcess` starts one on a free port (or again on the
-  same port and data directory, for a restart) and reads its CPU time, its
-  resident memory and its open descriptors from ``/proc`` (the process and
-  every process it started, so a kind that starts several processes is
-  counted whole).
-- **Load.** :class:`Session` runs load worker processes (this file, run as
-  ``python bench/harness.py --worker CONFIG``) against one server for one
-  step or many. A load client is a bare asyncio protocol on uvloop speaking
-  just enough RFC 6455: the load generator must cost less than the servers it
-  measures, since both share the machine's cores. An update's ``seq`` counts
-  up from 1 per client; its send time goes into a file shared by the
-  session's workers (:class:`SendTimes`), so every receiver times every
-  delivery and every sender its acks, with one clock
-  (``CLOCK_MONOTONIC``) for every process of the machine.
-  :class:`Attacker` runs one of ``hostile.py``'s raw-socket attacks (this
-  file as ``--attacker NAME CONFIG``) in a process of its own.
-- **Pages.** Headless Chromium (:func:`chromium`) and loopsync pages in it
-  (:func:`new_page`, :func:`open_loopsync`), for the benchmarks that measure
-  the web client.
-- **Figures.** Percentiles, CPU per delivery, the disk probe, the ramp's
-  search for a server's limit, plots (:class:`Svg`), the largest RSS and
-  descriptor count under load (:class:`Sampler`), and the JSON file.
-
-Adding a server kind is adding a :class:`Kind` to :data:`KINDS`; a ready
-line that names several URLs (a cluster's nodes) spreads every room's
-clients over them in turn.
+Servers (:data:`KINDS`, :class:`ServerProcess`: CPU, RSS and descriptors of
+the whole process tree from ``/proc``); load worker processes
+(:class:`Session`: this file run as ``--worker CONFIG``, bare asyncio
+clients on uvloop that cost less than the servers they measure, every send
+time in one shared file so every delivery and ack is timed on
+``CLOCK_MONOTONIC``); hostile.py's raw-socket attacks (:class:`Attacker`,
+``--attacker NAME CONFIG``); headless Chromium pages; and the figures:
+percentiles, CPU per delivery, the disk probe, the ramp, plots, the JSON
+file. docs/benchmarks.md, "The harness", says more.
 """
 
 from __future__ import annotations
@@ -80,11 +61,9 @@ CHROMIUM_ARGS = [
 class Kind:
     """A server a benchmark can start: its command line and what its first line says once it listens.
 
-    ``command`` and ``env`` may name ``{python}``, ``{bench}``, ``{data}`` (a
-    directory of its own) and ``{port}``. A server that takes ``--port 0``
-    and prints its URL (``http://HOST:PORT/``, several for a cluster) on
-    the ready line has ``picks_port``; for one that cannot, the harness
-    finds a free port first and the URL is ``127.0.0.1`` on it.
+    ``command`` and ``env`` may name ``{python}``, ``{bench}``, ``{data}`` and
+    ``{port}``. One that ``picks_port`` takes ``--port 0`` and names its URLs
+    on the ready line; for another the harness picks a free port.
     """
 
     command: tuple[str, ...]
@@ -164,15 +143,6 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
             continue  # ended meanwhile
         user, system = user + int(fields[11]), system + int(fields[12])
     return user / CLOCK_TICKS, system / CLOCK_TICKS
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a process (``statm``: cheap enough to sample often)."""
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
-
-
-def open_descriptors(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 class ServerProcess:
@@ -293,10 +263,11 @@ class ServerProcess:
         return cpu_seconds(self.pid)
 
     def rss_bytes(self) -> int:
-        return sum(rss_bytes(pid) for pid in process_tree(self.pid))
+        """Resident memory of all its processes (``statm``: cheap enough to sample often)."""
+        return sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES for pid in process_tree(self.pid))
 
     def open_descriptors(self) -> int:
-        return sum(open_descriptors(pid) for pid in process_tree(self.pid))
+        return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in process_tree(self.pid))
 
 
 def install_yjs() -> None:
@@ -394,11 +365,9 @@ def handshake(path: str, host: str) -> bytes:
 class SendTimes:
     """The send time (µs of ``CLOCK_MONOTONIC``) of each client's recent updates, by client index and ``seq``.
 
-    A file in ``/dev/shm`` mapped by every load process of a session: the
-    sender writes the time before it sends, a receiver in any process reads
-    it when the update or its ack arrives. So ``seq`` can count up from 1
-    as a real client's does (a server may refuse a seq far above the last),
-    and every delivery is still timed.
+    A file in ``/dev/shm`` mapped by every load process of a session, so that
+    ``seq`` can count up from 1 as a real client's does (a server may refuse
+    a seq far above the last) and a receiver in any process still times it.
     """
 
     def __init__(self, path: str | None, clients: int) -> None:
@@ -429,12 +398,8 @@ class SendTimes:
 class LoadClient(asyncio.Protocol):
     """One member of a room: joins, sends a message every ``period`` s once told to, times every update it hears.
 
-    Against the y-websocket server it joins the document named by its room in
-    the URL path, sends the Yjs updates made for it beforehand
-    (``yjs_updates``, as sync messages with the send time written into
-    each), and counts the server's echo of its own update as its ack. A
-    ``mute`` client (an attacker's) reads nothing once joined, and a
-    ``stall`` one stops reading its socket.
+    Against y-websocket it sends Yjs updates made beforehand (:func:`yjs_updates`)
+    and counts the server's echo of its own as its ack.
     """
 
     def __init__(self, worker: Worker, index: int, yjs_updates: list[bytes] | None = None) -> None:
@@ -562,21 +527,14 @@ class LoadClient(asyncio.Protocol):
 class Worker:
     """One load process: its share of the members, what they heard in the current step, and the schedule of their sends.
 
-    Member ``i`` (of every worker's) is ``user{i % per_room}`` of room
-    ``{room_prefix}{i // per_room}``; this worker has those with ``i %
-    workers == index``. Told ``step N WARMUP DURATION`` it connects
-    the members among the first ``N`` that it does not have yet (and makes
-    their Yjs updates, against y-websocket) and says ``ready``; told ``go T``
-    they send from the monotonic microsecond ``T`` on, for ``WARMUP +
-    DURATION`` seconds, and it answers with what they heard of the last
-    ``DURATION`` seconds, as JSON. Several steps against one server keep its
-    connections, so a ramp pays no restarts.
-
-    Options beyond fanout's load (hostile.py's attackers): ``message``
-    (``update``, ``transport``, ``fetch`` or ``none``), ``users`` (distinct
-    users per room; a room of more members has users with several
-    connections), ``mute``, ``stall`` and ``rcvbuf`` (the kernel's receive
-    buffer of each client socket, in bytes).
+    Member ``i`` is ``user{i % per_room}`` of room ``{room_prefix}{i // per_room}``;
+    this worker has those with ``i % workers == index``. Its commands on stdin:
+    ``step N WARMUP DURATION`` (connect the first ``N`` members it lacks; it
+    answers ``ready``) and ``go T`` (send from the monotonic microsecond
+    ``T`` on; it answers with what was heard of the last ``DURATION`` s, as JSON).
+    hostile.py's options: ``message`` (``update``, ``transport``, ``fetch``,
+    ``none``), ``users`` per room, ``mute`` (read nothing once joined),
+    ``stall`` (stop reading), ``rcvbuf`` (bytes).
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -780,14 +738,10 @@ MAX_CLIENTS = 8192
 
 
 class Session:
-    """Load worker processes against one server, for one step or many.
+    """Load worker processes against one server, for one step or many (the clients stay connected between steps).
 
-    A ramp runs all its steps against one session per server: the clients
-    stay connected from one step to the next, so a step costs its warm-up,
-    its window and its tail, not a server start and the joins. A session
-    starts its own server (``kind``) or loads one it is given (``server``),
-    which several sessions can share (``hostile.py``'s observer and
-    attackers). ``options`` go to every worker (see :class:`Worker`).
+    It starts its own server (``kind``) or loads one it is given (``server``,
+    which several sessions can share); ``options`` go to every :class:`Worker`.
     """
 
     def __init__(self, kind: str | None, per_room: int, period: float, wrapper: tuple[str, ...] = (),
@@ -871,10 +825,7 @@ class Session:
             "disconnects": sum(result["disconnects"] for result in results),
             "connected": sum(result["connected"] for result in results), "refused": sum(result["refused"] for result in results),
             "deliveries_per_s": len(latencies) / self._duration,
-            "p50_ms": percentile(latencies, 0.50) / 1000, "p99_ms": percentile(latencies, 0.99) / 1000,
-            "max_ms": latencies[-1] / 1000 if latencies else math.nan,
-            "ack_p50_ms": percentile(acks, 0.50) / 1000, "ack_p99_ms": percentile(acks, 0.99) / 1000,
-            "ack_max_ms": acks[-1] / 1000 if acks else math.nan,
+            **spread_ms(latencies, per_ms=1000), **spread_ms(acks, "ack_", per_ms=1000),
         }
 
     def step(self, rooms: int, duration: float, warmup: float | None = None) -> dict[str, Any]:
@@ -907,6 +858,12 @@ class Session:
         })
         return figures
 
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """End the workers (they close their clients), then the server if the session started it."""
         for worker in self.workers:
@@ -923,26 +880,43 @@ class Session:
             self.server.close()
 
 
+class Sessions(dict[str, Session]):
+    """A :class:`Session` of rooms of ``per_room`` per server kind, started when first asked for (``kinds`` at once); all closed at the end of the ``with``."""
+
+    def __init__(self, per_room: int, period: float, kinds: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.per_room, self.period, self.kinds = per_room, period, kinds
+
+    def __missing__(self, kind: str) -> Session:
+        session = self[kind] = Session(kind, self.per_room, self.period)
+        return session
+
+    def __enter__(self) -> Sessions:
+        try:
+            for kind in self.kinds:
+                self.__missing__(kind)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for session in self.values():
+            session.close()
+
+
 def run_load(kind: str, rooms: int, per_room: int, period: float, duration: float, wrapper: tuple[str, ...] = (),
              warmup: float | None = None) -> dict[str, Any]:
     """Start ``kind``'s server, connect ``rooms x per_room`` clients, send for ``warmup + duration`` s; figures of the last ``duration`` s."""
-    session = Session(kind, per_room, period, wrapper)
-    try:
+    with Session(kind, per_room, period, wrapper) as session:
         return session.step(rooms, duration, warmup)
-    finally:
-        session.close()
 
 
 # -- the load: attackers (bench/hostile.py) ----------------------------------------------
 
 
 class Attacker:
-    """A raw-socket attack in a process of its own: this file run as ``--attacker NAME CONFIG``.
-
-    NAME is ``churn``, ``half-open`` or ``write-rooms`` (the functions below).
-    The process says ``ready`` once the attack is under way and prints its
-    figures as JSON when it ends.
-    """
+    """A raw-socket attack (``churn``, ``half-open``, ``write-rooms``) in a process of its own; ready once under way."""
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         self.process = subprocess.Popen([sys.executable, __file__, "--attacker", name, json.dumps(config)],
@@ -1094,6 +1068,12 @@ def percentile(sorted_values: list[int] | list[float], share: float) -> float:
     return float(sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(share * len(sorted_values)) - 1))])
 
 
+def spread_ms(sorted_values: list[int] | list[float], prefix: str = "", per_ms: int = 1) -> dict[str, float]:
+    """``{prefix}p50_ms``, ``p99_ms`` and ``max_ms`` of values already sorted, ``per_ms`` of them to a millisecond."""
+    return {f"{prefix}p50_ms": percentile(sorted_values, 0.50) / per_ms, f"{prefix}p99_ms": percentile(sorted_values, 0.99) / per_ms,
+            f"{prefix}max_ms": sorted_values[-1] / per_ms if sorted_values else math.nan}
+
+
 def warmup_text(warmup: float | None, kinds: tuple[str, ...]) -> str:
     if warmup is not None:
         return f"{warmup:g} s of warm-up"
@@ -1160,8 +1140,7 @@ def disk_probe(seconds: float) -> dict[str, Any]:
             os.close(descriptor)
     ordered = sorted(latency * 1000 for latency in latencies)
     stalls = [latency for latency in latencies if latency * 1000 > STALL_MS]
-    return {"syncs": len(ordered), "seconds": wall, "p50_ms": percentile(ordered, 0.50), "p99_ms": percentile(ordered, 0.99),
-            "max_ms": ordered[-1], "stalls": len(stalls), "stalled_share": sum(stalls) / wall}
+    return {"syncs": len(ordered), "seconds": wall, **spread_ms(ordered), "stalls": len(stalls), "stalled_share": sum(stalls) / wall}
 
 
 def disk_row(disk: dict[str, Any]) -> str:
@@ -1357,6 +1336,17 @@ class Sampler:
             except OSError:
                 return  # the server is gone
             self.rss_bytes, self.descriptors = max(self.rss_bytes, rss), max(self.descriptors, descriptors)
+
+
+def arguments(doc: str, smoke: str, long: str | None = None) -> argparse.ArgumentParser:
+    """A benchmark's command line, described by the first line of its docstring: ``--smoke``, ``--json`` and (given ``long``) ``--long``, not with ``--smoke``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--smoke", action="store_true", help=smoke)
+    if long is not None:
+        length.add_argument("--long", action="store_true", help=long)
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    return parser
 
 
 def write_json(path: Path | None, figures: Any) -> None:

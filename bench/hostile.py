@@ -1,53 +1,19 @@
 """Hostile load: one client never hurts the others; memory and descriptors come back after an attack.
 
-Beside one server (``loopsync serve`` on SQLite by default, ``--kind``) runs a
-well-behaved **observer**: one room of 8 clients, each sending its part every
-0.25 s, every ack timed (128 acks in a 4 s window, so that its p99 is not its
-maximum). Each attack stays within the documented per-connection limits
-(burst 40 frames, 20 frames/s; 512 connections and 256 users per room; frames
-under 64 KiB):
-
-- ``presence storm``: 512 connections in one room (two per user), each
-  sending ``transport`` 10 times a second;
-- ``update flood``: 32 rooms of 8, every connection sending 20 updates a second;
-- ``reconnect storm``: one client joining and leaving a room of 400 as fast
-  as it can;
-- ``half-open``: 1,000 TCP connections that never finish the HTTP handshake,
-  half silent, half dripping a header byte every 0.5 s;
-- ``slow readers``: 32 busy rooms (3 clients sending 10 updates a second)
-  whose fourth member stops reading (a 4 KiB receive buffer);
-- ``fetch storm``: a room holding 256 parts (256 users wrote one each, then
-  left), then 128 connections sending ``fetch`` 20 times a second.
-
-For each, in the same run: the observer's ack p50/p99/max just before the
-attack and during it; the server's RSS and open descriptors at the start, the
-most seen during it (sampled every 0.1 s), and after (once both are back within
-10% of the start, or after 10 s). Then a separate step: one update in each of
-``--rooms`` rooms (1,000 a second), each writer leaving once acknowledged,
-and ``--grace`` seconds (the server's idle grace); then as many other rooms
-again: the second round's RSS growth is what idle rooms cost (the first pays
-the high-water mark of the rooms in memory at once).
-
-Targets (exit 1 if one is missed): observer ack p99 under 50 ms during every
-attack; RSS and descriptors back within 10% after every attack; every
-half-open connection closed by the server within ``HALF_OPEN_CLOSE_SECONDS``;
-the second round of idle rooms under 20 MB. ``--smoke``: a few seconds of
-each attack at small counts and 2 x 300 rooms (the test suite).
-
-The load comes from processes of its own (``harness.Session`` workers that
-read nothing once joined, and ``harness.Attacker``), so that the generator is
-not what fills the machine's cores.
+Beside one server an observer room times its acks without and during each
+attack (every attack within the documented per-connection limits); then
+two rounds of written-then-idle rooms, the second's RSS growth what idle
+rooms cost. Exit 1 if a target is missed. The attacks, the targets and the
+figures: docs/benchmarks.md, "Hostile load".
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import harness
@@ -197,11 +163,8 @@ class FetchStorm(Attack):
     name = "fetch storm"
 
     def begin(self) -> None:
-        writers = Session(None, 256, 1.0, server=self.server, room_prefix="parts")
-        try:
+        with Session(None, 256, 1.0, server=self.server, room_prefix="parts") as writers:
             written = writers.step(1, 1.0, warmup=0.0)
-        finally:
-            writers.close()
         count = self.config.fetchers
         self.description = (f"a room of 256 parts ({written['acks']} acknowledged), then {count} connections sending fetch"
                             " 20 times a second")
@@ -335,16 +298,13 @@ def run(kind: str, config: Config, attacks: tuple[type[Attack], ...], with_rooms
     with ServerProcess(kind) as server:
         print(f"hostile: {kind} at {server.http_urls[0]}; observer: 1 room of {OBSERVER_CLIENTS} clients, an update each every"
               f" {OBSERVER_PERIOD_SECONDS:g} s, acks timed over {config.window_seconds:g} s windows", flush=True)
-        observer = Session(None, OBSERVER_CLIENTS, OBSERVER_PERIOD_SECONDS, server=server, workers=1, room_prefix="observer")
         results = []
-        try:
+        with Session(None, OBSERVER_CLIENTS, OBSERVER_PERIOD_SECONDS, server=server, workers=1, room_prefix="observer") as observer:
             observe(observer, config)  # joined, and the server warm, before any attack's start is measured
             for attack_type in attacks:
                 result = run_attack(attack_type, server, observer, config)
                 print(report_attack(result), flush=True)
                 results.append(result)
-        finally:
-            observer.close()
         rooms = idle_rooms(server, config) if with_rooms else None
         if rooms is not None:
             print(report_rooms(rooms), flush=True)
@@ -355,14 +315,12 @@ def run(kind: str, config: Config, attacks: tuple[type[Attack], ...], with_rooms
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="loopsync under hostile load: an observer room beside each attack")
-    parser.add_argument("--smoke", action="store_true", help="a few seconds of each attack at small counts, 2 x 300 rooms (the test suite)")
+    parser = harness.arguments(__doc__, smoke="a few seconds of each attack at small counts, 2 x 300 rooms (the test suite)")
     parser.add_argument("--kind", default="loopsync", choices=sorted(harness.KINDS), help="the server (default: loopsync on SQLite)")
     parser.add_argument("--attacks", help="comma-separated, some of: " + ", ".join(a.name.replace(" ", "-") for a in ATTACKS) + "; or none")
     parser.add_argument("--window", type=float, help="seconds of each observer window (default 4)")
     parser.add_argument("--rooms", type=int, help="rooms of the idle-rooms step (default 100,000; 0 leaves the step out)")
     parser.add_argument("--grace", type=float, help="seconds to wait for the server's idle grace before measuring (default 35)")
-    parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args()
     given = {"window_seconds": args.window, "rooms": args.rooms, "grace_seconds": args.grace}
     config = dataclasses.replace(SMOKE if args.smoke else Config(), **{key: value for key, value in given.items() if value is not None})

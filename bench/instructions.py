@@ -1,37 +1,14 @@
 """What an update costs the server, counted in instructions: loopsync against the relay and the floor, same run, same load.
 
-Each server of ``bench/fanout.py`` but y-websocket (the relay, the floor,
-``loopsync serve --store memory`` and ``loopsync serve`` on SQLite) runs under valgrind's
-callgrind while the fan-out benchmark's load workers drive it: rooms of 4
-clients, each client sending one update a second. Callgrind counts the
-instructions the server process executes in user space, all its threads
-included (not the kernel's: each read and write is one system call in every
-server). The count does not depend on what else the machine is doing, so
-unlike the fan-out benchmark's times it repeats from run to run and from a
-quiet machine to a busy one.
-
-Each server is run twice, for a short and a long sending window; the
-difference of the two counts divided by the difference of the updates sent
-is the cost of one update (its read, its checks, its commit, its ``ack`` and
-its three deliveries), without start-up, joins and shutdown. Reports
-instructions per update, each server's as a multiple of the first's (the relay's), and
-loopsync's as a multiple of the floor's: the fan-out target (loopsync at
-least 0.95 of the floor's deliveries) in the one figure that this shared
-machine does not move. It counts user space only: the kernel's part of a
-delivery (about a third of its CPU in the fan-out benchmark) is the same
-system calls in every server, but for loopsync's presence frames.
-
-Needs ``valgrind`` (Debian: ``apt-get install valgrind``). Default: about
-six minutes; ``--smoke`` shorter windows, the floor and loopsync only (the
-test suite runs it).
-
-Run: ``python bench/instructions.py [--smoke] [--json FILE]``
+Each server runs under valgrind's callgrind (user space only) while the
+fan-out load drives it, once for a short and once for a long window: the
+difference over the updates more is one update's cost, without start-up.
+The count repeats from run to run where the fan-out's times do not. Needs
+``valgrind``. docs/benchmarks.md, "Instructions per update".
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -72,9 +49,7 @@ def per_update(kind: str, short_seconds: float, long_seconds: float) -> dict[str
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="short windows (for the test suite)")
-    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser = harness.arguments(__doc__, smoke="short windows (for the test suite)")
     parser.add_argument("--servers", help=f"comma-separated, the baseline first (default: {','.join(SERVERS)})")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -97,8 +72,7 @@ def main() -> int:
     if "loopsync" in by_kind and "floor" in by_kind:
         print(f"  loopsync / floor, instructions per update: {by_kind['loopsync'] / by_kind['floor']:.2f}x"
               f" (the fan-out target, 0.95 of the floor's deliveries, needs at most {1 / 0.95:.2f}x)")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    harness.write_json(args.json, rows)
     return 0
 
 

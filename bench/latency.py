@@ -1,48 +1,16 @@
 """Edit-to-ear latency: from one user's edit to the first loop of another user that plays it.
 
-Two headless clients (``loopsync.client.Client``) in this process join one
-room of a real ``loopsync serve --store sqlite`` (every update committed before
-it is acknowledged). Alice plays at ``--bpm-a`` (default 300 BPM: a 0.800 s
-loop) and edits her part at random moments, about 5 a second; Bob plays at
-``--bpm-b`` (default 233 BPM: a 1.030 s loop) and hears them. The tempi are
-fast so that a minute gives a few hundred edits; the bound scales with the
-loops, so the shares do not depend on them. For every edit:
-
-- latency: from Alice's toggle to the ``loop_start`` of Bob's first loop that
-  plays it (when the event was emitted, so the clock task's lateness counts);
-- network: from Alice's send to Bob's receipt (the server's commit included);
-- bound (DESIGN.md): Alice's loop + Bob's loop + lead + network;
-- first possible Loop Start: Bob's first loop whose sync ran after the
-  update arrived must play it.
-
-Every loop of Bob must also play exactly the part of Alice its sync took.
-Alice's edits walk a Gray code (each flips one step), so her part never takes
-the same pattern twice and the pattern a loop plays names its update; what
-Bob plays is read from his ``loop_start`` events, so a loop that played stale
-data shows up as one. Both clients stamp with ``time.monotonic()`` in one
-process, and the log is in the order things happened.
-
-``--browser`` does the same with two pages of the web client in headless
-Chromium, every event stamped with ``performance.timeOrigin +
-performance.now()`` (one clock for the browser's pages); what Bob hears is
-read from his clock processor's frame-stamped ``step`` events, and his Loop
-Start is the frame it played on, mapped to that clock by the earliest arrival
-of a step event relative to its frame (the device's output latency left out).
-
-Usage::
-
-    python bench/latency.py             # about a minute, a few hundred edits
-    python bench/latency.py --long      # five minutes
-    python bench/latency.py --smoke     # a few seconds (the test suite)
-    python bench/latency.py --browser   # the same with two browser pages
-
-Exit code 0 when every edit was heard, within the bound, from the first
-possible Loop Start, and every loop played what its sync took; 1 otherwise.
+Alice edits at random moments, walking a Gray code so that each pattern
+names its update; Bob listens through a real ``loopsync serve --store
+sqlite``: two headless clients in this process, or with ``--browser`` two
+pages in headless Chromium (Bob's Loop Start the frame his clock processor
+played it on). Every edit must be heard within DESIGN.md's bound, from the
+first possible Loop Start, and every loop of Bob's must play what its sync
+took: exit 0 then, 1 otherwise. docs/benchmarks.md, "Edit-to-ear latency".
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import math
 import random
@@ -50,7 +18,6 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import harness
@@ -113,9 +80,8 @@ async def record(url: str, bpm_a: float, bpm_b: float, lead: float, seconds: flo
     alice: Client
 
     def on_alice(event: Event) -> None:
-        if event["event"] == "sync":
-            if event["sent"]:
-                event["seq"] = max(alice.sync.in_flight)
+        if event["event"] == "sync" and event["sent"]:
+            event["seq"] = max(alice.sync.in_flight)
         if event["event"] in KEPT_EVENTS and event["event"] != "received":
             run.log.append(("A", event))
 
@@ -443,17 +409,13 @@ def report(figures: dict[str, Any], seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="loopsync edit-to-ear latency between two clients")
-    length = parser.add_mutually_exclusive_group()
-    length.add_argument("--long", action="store_true", help="edit for 300 s instead of 60")
-    length.add_argument("--smoke", action="store_true", help="edit for 3 s (the test suite)")
-    length.add_argument("--seconds", type=float, help="edit for this many seconds")
+    parser = harness.arguments(__doc__, smoke="edit for 3 s (the test suite)", long="edit for 300 s instead of 60")
+    parser.add_argument("--seconds", type=float, help="edit for this many seconds (instead of --smoke's or --long's)")
     parser.add_argument("--bpm-a", type=float, default=300.0, help="alice's tempo, the editor (default 300)")
     parser.add_argument("--bpm-b", type=float, default=233.0, help="bob's tempo, the listener (default 233)")
     parser.add_argument("--lead", type=float, default=0.05, help="both clients' lead in seconds (default 0.05)")
     parser.add_argument("--gap", type=float, default=0.2, help="mean seconds between edits (default 0.2)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the edit moments and steps")
-    parser.add_argument("--json", type=Path, help="write every figure, and every edit, to this file")
     parser.add_argument("--browser", action="store_true", help="two pages in headless Chromium instead of two headless clients")
     parser.add_argument("--chromium", default=harness.CHROMIUM, help="the Chromium binary for --browser")
     args = parser.parse_args(argv)

@@ -1,63 +1,41 @@
 """What a commit batch of PostgresStore costs, per proposal, at batch sizes 1, 10 and 100.
 
-Starts its own PostgreSQL (``tests/services.py``: Debian's PostgreSQL in a
-temporary directory, default settings, so ``fsync`` on and
-``synchronous_commit`` on), fills 1,000 rooms with 4 parts each, then sends
-batches back to back through ``PostgresStore.commit`` (one round trip, one
-transaction each): every proposal is a new part of an existing user (the
-common case: seq check, next revision, the part replaced), spread over the
-rooms at random. For each batch size it reports, per proposal:
-
-- ``wall``: elapsed time (one batch at a time, so this is latency / size);
-- ``node CPU``: this process's CPU (asyncpg encoding and decoding, our code);
-- ``PostgreSQL CPU``: the CPU of every PostgreSQL process (backend, WAL writer...).
-
-and it does so twice: as deployed (``synchronous_commit=on``: each commit
-waits for its WAL flush) and with ``synchronous_commit=off`` (the same work
-without waiting for the disk), so the disk's share is visible. An empty
-round trip (``SELECT 1``) is measured as the floor.
+On its own PostgreSQL (``tests/services.py``), 1,000 rooms of 4 parts, each
+proposal a new part of an existing user: per proposal, the wall time (one
+batch at a time), this process's CPU and every PostgreSQL process's CPU,
+with ``synchronous_commit`` on (as deployed) and off (the disk's share),
+against an empty round trip (``SELECT 1``).
 
 Run: ``python bench/pgcommit.py [--smoke] [--json FILE]`` (about 20 s; ``--smoke`` 3 s).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import os
 import random
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from services import PostgresService, _children  # noqa: E402  (the tests' real PostgreSQL)
+import asyncpg
 
-import asyncpg  # noqa: E402
+import harness
+from loopsync.pgstore import PostgresStore
+from loopsync.rooms import Proposal, Room
 
-from loopsync.pgstore import PostgresStore  # noqa: E402
-from loopsync.rooms import Proposal, Room  # noqa: E402
+sys.path.insert(0, str(harness.ROOT / "tests"))
+from services import PostgresService  # noqa: E402  (the tests' real PostgreSQL)
 
 ROOMS = 1000
 USERS_PER_ROOM = 4
 SIZES = (1, 10, 100)
 PART = {"sound": "kick", "steps": [1, 0, 0, 0] * 4}
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def postgres_cpu_seconds(service: PostgresService) -> float:
-    """User + system CPU of the postmaster and all its children so far (exited backends are not counted: ours stay)."""
+    """CPU of the postmaster and every process below it so far (exited backends are not counted: ours stay)."""
     assert service.process is not None
-    total = 0
-    for pid in [service.process.pid, *_children(service.process.pid)]:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
+    return sum(harness.cpu_seconds(service.process.pid))
 
 
 async def run(service: PostgresService, dsn: str, proposals_per_size: int) -> dict[str, Any]:
@@ -106,10 +84,7 @@ def _figures(count: int, started: float, cpu: float, pg: float, service: Postgre
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="a few hundred proposals per size")
-    parser.add_argument("--json", type=Path, help="write the figures here")
-    arguments = parser.parse_args()
+    arguments = harness.arguments(__doc__, smoke="a few hundred proposals per size").parse_args()
     proposals_per_size = 300 if arguments.smoke else 3000
     service = PostgresService().start()
     report: dict[str, Any] = {}
@@ -127,8 +102,7 @@ def main() -> None:
         for size, figures in results.items():
             label = "SELECT 1" if size == "round_trip" else size
             print(f"    {label:>12} {figures['wall_us']:9.0f} {figures['node_cpu_us']:12.0f} {figures['postgres_cpu_us']:18.0f}")
-    if arguments.json:
-        arguments.json.write_text(json.dumps(report, indent=2))
+    harness.write_json(arguments.json, report)
 
 
 if __name__ == "__main__":

@@ -1,65 +1,17 @@
 """Soak and faults: many headless clients editing for a while through cuts and a server restart; nothing may be lost.
 
-A real server (``python -m loopsync serve --store sqlite`` in a subprocess) and
-``--clients`` headless clients (``loopsync.client.Client``, all in this
-process) in ``--rooms`` rooms, each at its own random tempo (200-300 BPM, so
-loops are short and updates many). For ``--seconds`` every client acts at
-random moments: toggles a step (most often), changes its sound, pauses and
-plays, changes tempo. Meanwhile:
-
-- every few seconds one client's connection is cut abruptly (its socket shut
-  down, no close frame), and the client reconnects by itself;
-- in the middle of the run the server is killed (SIGKILL: no clean shutdown)
-  and started again on the same port and SQLite directory; the clients come
-  back by themselves. ``--long`` runs five minutes with three restarts,
-  alternating SIGKILL and SIGTERM.
-
-``--cluster`` runs the cluster instead (harness kind ``cluster-2``: two
-worker processes sharing one port, PostgreSQL and Redis started for the run)
-and kills one worker instead of the server: its clients reconnect to the same
-URL and land on the other worker (``SO_REUSEPORT``), while the supervisor
-starts a new one.
-
-The users keep still around each kill (no edits, pauses or cuts), so that
-what is timed is the failover and not a user: the run waits until every
-client is connected (in a cluster, on both workers), has every client play
-and toggle one step (an edit not yet sent when the signal goes), and lets
-the users move again once all are back with nothing unconfirmed. The
-**failover time** of a client whose connection the kill cut is from the
-signal to its first ``ack`` after that (on a new connection, so from the
-surviving worker or the restarted server). In a cluster, the clients on the
-surviving worker must not lose their connection at all.
-
-Then a quiet period: every client plays, and the run waits until every client
-is connected with no edit unconfirmed and has played a whole loop since. The
-checks, against the server's Shared Data read twice (a ``snapshot`` over a
-fresh raw connection, and the store of record: the SQLite file, or
-PostgreSQL's ``loopsync.parts`` for ``--cluster``):
-
-- every acknowledged update is there: the server holds that part, or a later
-  one of the same user (an update carries the whole part, so a later one
-  replaces it); an acknowledged update whose seq the server no longer has is
-  lost;
-- the snapshot and the store of record agree;
-- every client's Local Data equals the room's Shared Data (so all copies agree
-  with each other), and each client's own part on the server equals its final
-  local part.
-
-Usage::
-
-    python bench/soak.py            # 12 clients in 3 rooms, 60 s, one restart
-    python bench/soak.py --long     # 300 s, three restarts
-    python bench/soak.py --smoke    # 6 clients in 2 rooms, a few seconds (the test suite)
-    python bench/soak.py --cluster  # the same against two cluster workers; one of them killed
-
-Exit code 1 if anything acknowledged is lost, a copy disagrees, a client
-did not come back, or a client on a surviving worker lost its connection;
-0 otherwise.
+Clients in this process act at random (edits, sounds, pauses, tempi) while
+connections are cut and the server is killed and started again
+(``--cluster``: one of two cluster workers killed, its clients failing over
+to the other). The users keep still around each kill, so that what is timed
+is the failover. After a quiet period, every acknowledged update must be in
+the server's Shared Data (read as a snapshot and from the store of record,
+which must agree) and every client's copy must equal it. Exit 1 if anything
+is lost or disagrees. docs/benchmarks.md, "Soak and faults".
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
@@ -74,17 +26,15 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 
 from loopsync.client import Client, Event
 from loopsync.document import SOUNDS, Part, copy_part
 
-if str(Path(__file__).resolve().parent) not in sys.path:
-    sys.path.append(str(Path(__file__).resolve().parent))
-from harness import ServerProcess, percentile, process_tree  # noqa: E402  (a sibling script)
-from latency import loop_seconds  # noqa: E402  (a sibling script)
+from harness import ServerProcess, arguments, percentile, process_tree, write_json
+from latency import loop_seconds
 
 STEPS = 16
 
@@ -116,7 +66,8 @@ class Member:
 
     room: str
     user: str
-    client: Client | None = None
+    client: Client = field(init=False)
+    """Made by :func:`soak` with this member's :meth:`on_event`."""
     sent: dict[int, Part] = field(default_factory=dict)
     acked: dict[int, Part] = field(default_factory=dict)
     edits: int = 0
@@ -134,9 +85,8 @@ class Member:
         # Updates are recorded when the client queues them (its in-flight set), not only when the
         # writer reports them sent: an ack may be read before the writer's "sent" event, and an
         # update may reach the server although its send raised.
-        if self.client is not None:
-            for seq, part in self.client.sync.in_flight.items():
-                self.sent.setdefault(seq, copy_part(part))
+        for seq, part in self.client.sync.in_flight.items():
+            self.sent.setdefault(seq, copy_part(part))
         name = event["event"]
         if name == "sent" and event["message"].get("type") == "update":
             self.sent.setdefault(int(event["message"]["seq"]), event["message"]["part"])
@@ -151,8 +101,7 @@ class Member:
             self.edits += 1
         elif name == "connected":
             self.connections += 1
-            if self.client is not None:
-                self.joined_on.append((event["monotonic"], node_of(self.client)))
+            self.joined_on.append((event["monotonic"], node_of(self.client)))
         elif name == "disconnected" and event["was_connected"]:
             self.disconnects += 1
             self.dropped_at.append(event["monotonic"])
@@ -221,16 +170,20 @@ class Result:
 # -- the run --------------------------------------------------------------------------
 
 
-async def act(member: Member, rng: random.Random, config: Config, end: float, moving: asyncio.Event) -> None:
-    """One client's user: random edits, pauses, plays and tempo changes until ``end`` (none while ``moving`` is clear)."""
-    client = member.client
-    assert client is not None
-    for _ in range(int(config.seconds / config.action_gap[0]) + 1):
-        await asyncio.sleep(rng.uniform(*config.action_gap))
+async def moments(rng: random.Random, gap: tuple[float, float], config: Config, end: float, moving: asyncio.Event) -> AsyncIterator[None]:
+    """Random moments ``gap`` apart until ``end``, but for those while ``moving`` is clear (the users keep still)."""
+    for _ in range(int(config.seconds / gap[0]) + 1):
+        await asyncio.sleep(rng.uniform(*gap))
         if time.monotonic() >= end:
             return
-        if not moving.is_set():
-            continue
+        if moving.is_set():
+            yield
+
+
+async def act(member: Member, rng: random.Random, config: Config, end: float, moving: asyncio.Event) -> None:
+    """One client's user: random edits, pauses, plays and tempo changes until ``end``."""
+    client = member.client
+    async for _ in moments(rng, config.action_gap, config, end, moving):
         roll = rng.random()
         if not client.clock.playing and roll < 0.4:
             client.play()
@@ -245,17 +198,11 @@ async def act(member: Member, rng: random.Random, config: Config, end: float, mo
 
 
 async def cut(members: list[Member], rng: random.Random, config: Config, end: float, moving: asyncio.Event) -> None:
-    """Every few seconds, cut one connected client's connection abruptly (none while ``moving`` is clear)."""
-    for _ in range(int(config.seconds / config.cut_gap[0]) + 1):
-        await asyncio.sleep(rng.uniform(*config.cut_gap))
-        if time.monotonic() >= end:
-            return
-        if not moving.is_set():
-            continue
-        connected = [m for m in members if m.client is not None and m.client.joined]
+    """Every few seconds, cut one connected client's connection abruptly."""
+    async for _ in moments(rng, config.cut_gap, config, end, moving):
+        connected = [m for m in members if m.client.joined]
         if connected:
             member = rng.choice(connected)
-            assert member.client is not None
             member.client.drop_connection()
             member.cuts += 1
 
@@ -268,7 +215,7 @@ async def restart(server: ServerProcess, members: list[Member], rng: random.Rand
     connected with nothing unconfirmed; then each toggles one step and the signal goes at once, so every client has
     exactly one edit that needs an ack after it; the users move again once all are back with nothing unconfirmed.
     """
-    clients = [m.client for m in members if m.client is not None]
+    clients = [m.client for m in members]
     for index in range(config.restarts):
         at = start + config.seconds * (index + 1) / (config.restarts + 1)
         await asyncio.sleep(max(0.0, at - time.monotonic()))
@@ -281,7 +228,7 @@ async def restart(server: ServerProcess, members: list[Member], rng: random.Rand
         await wait_until(lambda: settled(members), config.quiet_timeout)
         for client in clients:
             client.toggle(rng.randrange(STEPS))
-        kill = Kill(time.monotonic(), {m.user: node_of(m.client) for m in members if m.client is not None and m.client.joined})
+        kill = Kill(time.monotonic(), {m.user: node_of(m.client) for m in members if m.client.joined})
         # The signal goes from here, not from a thread: no client may send its edit before it.
         os.kill(process_tree(server.pid)[1] if config.cluster else server.pid, signal_number)  # [1]: a worker of the supervisor
         if not config.cluster:  # a cluster's supervisor starts another worker by itself
@@ -298,14 +245,13 @@ async def restart(server: ServerProcess, members: list[Member], rng: random.Rand
 
 async def spread(members: list[Member], rng: random.Random, config: Config) -> None:
     """Cut connections until the clients sit on both workers: a kill with all of them on one side times nothing or spares nobody."""
-    clients = [m.client for m in members if m.client is not None]
+    clients = [m.client for m in members]
     for _ in range(20):
         await wait_until(lambda: all(client.joined for client in clients), config.quiet_timeout)
         if len({node_of(client) for client in clients if client.joined}) > 1:
             return
         member = rng.choice(members)
         client, connections = member.client, member.connections
-        assert client is not None
         client.drop_connection()
         member.cuts += 1
         await wait_until(lambda: member.connections > connections and client.joined, config.quiet_timeout)
@@ -323,7 +269,6 @@ def settled(members: list[Member]) -> bool:
     """Every client connected and playing, with nothing unconfirmed or in flight."""
     for member in members:
         client = member.client
-        assert client is not None
         if not (client.joined and client.clock.playing and not client.sync.dirty() and not client.sync.in_flight):
             return False
     return True
@@ -370,8 +315,7 @@ def store_of(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, tuple[int, Part
 
 def presence_seen(member: Member, members: list[Member]) -> tuple[list[Any], list[Any]]:
     """What the client sees in presence, and what it should see: its room's clients, each playing at its own tempo."""
-    assert member.client is not None
-    expected = sorted((m.user, True, m.client.clock.bpm) for m in members if m.room == member.room and m.client)
+    expected = sorted((m.user, True, m.client.clock.bpm) for m in members if m.room == member.room)
     seen = sorted((entry.get("user"), entry.get("playing"), entry.get("bpm")) for entry in member.client.presence)
     return seen, expected
 
@@ -395,7 +339,6 @@ def check(members: list[Member], snapshots: dict[str, dict[str, Any]], store: di
         result.problems.append("the snapshot and the store of record differ")
     for member in members:
         client = member.client
-        assert client is not None
         held = store.get(member.room, {}).get(member.user)
         for seq, part in sorted(member.acked.items()):
             if held is None or held[0] < seq or (held[0] == seq and held[1] != part):
@@ -460,12 +403,13 @@ async def soak(config: Config, data_dir: Path) -> Result:
     server = ServerProcess(result.server, data_dir)
     await asyncio.to_thread(server.start)
     members = [Member(f"room{index % config.rooms}", f"user{index}") for index in range(config.clients)]
+    for member in members:  # a client connects only once started
+        member.client = Client(server.ws_url, member.room, member.user, bpm=round(rng.uniform(*config.bpm)),
+                               sound=rng.choice(SOUNDS), on_event=member.on_event)
     try:
         for member in members:
-            member.client = Client(server.ws_url, member.room, member.user, bpm=round(rng.uniform(*config.bpm)),
-                                   sound=rng.choice(SOUNDS), on_event=member.on_event)
             await member.client.start()
-        await asyncio.wait_for(asyncio.gather(*(m.client.wait_joined() for m in members if m.client)), 30)
+        await asyncio.wait_for(asyncio.gather(*(m.client.wait_joined() for m in members)), 30)
         start = time.monotonic()
         end = start + config.seconds
         moving = asyncio.Event()
@@ -478,18 +422,16 @@ async def soak(config: Config, data_dir: Path) -> Result:
         # The quiet period: everyone plays; wait until all are back with nothing unconfirmed.
         quiet = time.monotonic()
         for member in members:
-            assert member.client is not None
             member.client.play()
         result.settled = await wait_until(lambda: settled(members), config.quiet_timeout)
         if result.settled:
             # Every client syncs and starts one more loop with the last Shared Data.
-            await asyncio.sleep(max(loop_seconds(m.client.clock.bpm) for m in members if m.client) * 2 + 0.2)
+            await asyncio.sleep(max(loop_seconds(m.client.clock.bpm) for m in members) * 2 + 0.2)
             result.settled = settled(members)
         result.settle_seconds = time.monotonic() - quiet
         if not result.settled:
             for member in members:
                 client = member.client
-                assert client is not None
                 if not settled([member]):
                     result.problems.append(f"{member.room}/{member.user} did not settle: joined {client.joined}, "
                                            f"dirty {client.sync.dirty()}, in flight {sorted(client.sync.in_flight)}")
@@ -504,8 +446,7 @@ async def soak(config: Config, data_dir: Path) -> Result:
         check_failover(members, kills, result)
     finally:
         for member in members:
-            if member.client is not None:
-                await member.client.close()
+            await member.client.close()
         await asyncio.to_thread(server.close)
     result.edits = sum(m.edits for m in members)
     result.updates_sent = sum(len(m.sent) for m in members)
@@ -552,17 +493,13 @@ def report(result: Result, config: Config) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="loopsync soak: clients, cuts and a server restart; nothing may be lost")
-    length = parser.add_mutually_exclusive_group()
-    length.add_argument("--long", action="store_true", help="300 s and three restarts")
-    length.add_argument("--smoke", action="store_true", help="6 clients in 2 rooms for 5 s, one restart (the test suite)")
+    parser = arguments(__doc__, smoke="6 clients in 2 rooms for 5 s, one restart (the test suite)", long="300 s and three restarts")
     parser.add_argument("--cluster", action="store_true", help="two cluster workers on PostgreSQL and Redis; a restart kills one worker")
     parser.add_argument("--clients", type=int, help="number of clients (default 12)")
     parser.add_argument("--rooms", type=int, help="number of rooms (default 3)")
     parser.add_argument("--seconds", type=float, help="length of the busy part (default 60)")
     parser.add_argument("--restarts", type=int, help="server restarts (default 1)")
     parser.add_argument("--seed", type=int, default=1, help="random seed")
-    parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args(argv)
     if args.long:
         config = Config(seconds=300.0, restarts=3)
@@ -577,8 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="loopsync-soak-") as tmp:
         result = asyncio.run(soak(config, Path(tmp) / "data"))
     print(report(result, config), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({**asdict(result), "ok": result.ok}, indent=1))
+    write_json(args.json, {**asdict(result), "ok": result.ok})
     return 0 if result.ok else 1
 
 
