@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 
 from loopsync.connection import RATE_BURST, RATE_PER_SECOND
-from loopsync.rooms import MAX_PARTS, MAX_USERS
+from loopsync import protocol
+from loopsync.rooms import MAX_PARTS, MAX_USERS, Room
 from loopsync.server import Server, running
 from loopsync.store import MemoryStore, SqliteStore
 
@@ -477,6 +478,80 @@ def _stored(path: Path) -> list[tuple[str, str, int, int]]:
 
     with sqlite3.connect(path) as connection:
         return list(connection.execute("SELECT room, user, seq, revision FROM parts ORDER BY revision"))
+
+
+class _GatedStore(MemoryStore):
+    """A memory store whose commits wait until :attr:`gate` is set (so that an update is still unanswered)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    def commit_soon(self, proposal: Any, done: Any) -> None:
+        async def later() -> None:
+            await self.gate.wait()
+            MemoryStore.commit_soon(self, proposal, done)
+
+        asyncio.ensure_future(later())
+
+
+async def test_a_bug_on_a_message_answers_internal_after_earlier_replies_and_closes_only_that_connection(
+        connect: Connect, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug handling an update: the replies before it, then internal with its seq, then 1011; the user's other tab and the room go on."""
+    store = _GatedStore()
+    check = Room.check
+
+    def buggy_check(room: Room, user: str, update: Any) -> Any:
+        if update.seq in (13, 14):
+            store.gate.set()  # the first update's commit is answered only now, after the bug
+            raise RuntimeError("a bug")
+        return check(room, user, update)
+
+    monkeypatch.setattr(Room, "check", buggy_check)
+    async with running(store=store) as server:
+        alice = await joined(connect, server, "alice")
+        tab = await joined(connect, server, "alice")
+        bob = await joined(connect, server, "bob")
+        await alice.send({"type": "update", "seq": 1, "part": KICK})
+        await alice.send({"type": "update", "seq": 13, "part": HAT})
+        await alice.send({"type": "fetch"})  # never answered: nothing after the bug is read
+        assert await alice.expect("ack") == {"type": "ack", "seq": 1, "revision": 1}
+        assert await alice.expect("error") == {"type": "error", "code": "internal", "message": "internal server error", "seq": 13}
+        assert await alice.closed() == (1011, "internal error")
+        assert not [m for m in alice.received if m["type"] == "snapshot" and m is not alice.received[0]]
+        await tab.send({"type": "update", "seq": 14, "part": HAT})  # nothing pending: the error and the close at once
+        assert (await tab.wait_for("update", user="alice"))["seq"] == 1
+        assert await tab.expect("error") == {"type": "error", "code": "internal", "message": "internal server error", "seq": 14}
+        assert await tab.closed() == (1011, "internal error")
+        assert (await bob.wait_for("update", user="alice"))["seq"] == 1
+        await bob.send({"type": "update", "seq": 1, "part": HAT})
+        assert await bob.expect("ack") == {"type": "ack", "seq": 1, "revision": 2}
+
+
+async def test_a_bug_passing_on_a_rooms_updates_closes_that_rooms_connections_with_1011(
+        connect: Connect, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug while delivering a room's commits closes its members with 1011 (their answers are lost); the commit holds; other rooms go on."""
+    update_message = protocol.update_message
+
+    def buggy_update_message(*, user: str, **fields: Any) -> bytes:
+        if user == "boom":
+            raise RuntimeError("a bug")
+        return update_message(user=user, **fields)
+
+    monkeypatch.setattr(protocol, "update_message", buggy_update_message)
+    async with running() as server:
+        boom = await joined(connect, server, "boom")
+        bob = await joined(connect, server, "bob")
+        carol = await joined(connect, server, "carol", room="other")
+        await boom.send({"type": "update", "seq": 1, "part": KICK})
+        assert (await boom.closed())[0] == 1011
+        assert (await bob.closed())[0] == 1011
+        assert not [m for m in boom.received if m["type"] == "ack"]
+        again = await connect(server.ws_url)
+        snapshot = await again.join("demo", "boom")
+        assert snapshot["seq"] == 1 and snapshot["doc"]["parts"] == {"boom": KICK}  # the reconnect settles the lost ack
+        await carol.send({"type": "update", "seq": 1, "part": HAT})
+        assert await carol.expect("ack") == {"type": "ack", "seq": 1, "revision": 1}
 
 
 async def test_memory_store_survives_in_process_restart(connect: Connect) -> None:
