@@ -70,9 +70,10 @@ def test_every_scenario_file_loads_and_the_kit_covers_the_protocol() -> None:
     for code in ("bad_json", "bad_message", "unknown_type", "bad_version", "bad_name", "not_joined", "already_joined",
                  "bad_part", "forbidden", "stale_seq", "bad_seq"):
         assert f'"code": "{code}"' in text, code
-    for close in (1008, 1009):
+    for close in (1007, 1008, 1009):
         assert f'"close": {close}' in text, close
     assert any("restart" in scenario.needs for scenario in SCENARIOS)
+    assert '"fragments"' in text and '"text_base64"' in text
 
 
 # -- the command ------------------------------------------------------------------------
