@@ -302,6 +302,19 @@ async def test_null_optional_hello_fields_are_absent(server: Server, connect: Co
     await client.wait_presence([("alice", False, None)])
 
 
+async def test_presence_gives_bpm_as_the_client_wrote_it(server: Server, connect: Connect) -> None:
+    """bpm in presence is the number as its client wrote it: 120 stays an integer, 96.5 a fraction."""
+    alice = await connect(server.ws_url)
+    await alice.join("demo", "alice", bpm=120)
+    await alice.wait_presence([("alice", False, 120)])
+    assert [type(entry["bpm"]) for entry in alice.presence.values()] == [int]
+    await alice.send({"type": "transport", "playing": True, "bpm": 96.5})
+    await alice.wait_presence([("alice", True, 96.5)])
+    await alice.send({"type": "transport", "playing": True, "bpm": 90})
+    await alice.wait_presence([("alice", True, 90)])
+    assert [type(entry["bpm"]) for entry in alice.presence.values()] == [int]
+
+
 async def test_room_holds_256_connected_users_and_a_second_tab_still_joins(server: Server, connect: Connect) -> None:
     """The 257th connected user gets room_full and 1008; a connected user's second tab still joins; one leaving makes room."""
     clients = [await joined(connect, server, f"user{index:03}") for index in range(MAX_USERS)]
