@@ -19,7 +19,7 @@ from loopsync.connection import RATE_BURST, RATE_PER_SECOND
 from loopsync import protocol
 from loopsync.rooms import MAX_PARTS, MAX_USERS, Room
 from loopsync.server import Server, running
-from loopsync.store import MemoryStore, SqliteStore
+from loopsync.store import MemoryStore, SqliteStore, StoreError
 
 from conftest import TIME_UNIT, Connect, RawClient, ServeProcess
 
@@ -532,6 +532,7 @@ async def test_a_bug_on_a_message_answers_internal_after_earlier_replies_and_clo
         assert await alice.expect("error") == {"type": "error", "code": "internal", "message": "internal server error", "seq": 13}
         assert await alice.closed() == (1011, "internal error")
         assert not [m for m in alice.received if m["type"] == "snapshot" and m is not alice.received[0]]
+        await _gone(server, 1)  # its reading was held for the error: the close is read all the same
         await tab.send({"type": "update", "seq": 14, "part": HAT})  # nothing pending: the error and the close at once
         assert (await tab.wait_for("update", user="alice"))["seq"] == 1
         assert await tab.expect("error") == {"type": "error", "code": "internal", "message": "internal server error", "seq": 14}
@@ -539,6 +540,7 @@ async def test_a_bug_on_a_message_answers_internal_after_earlier_replies_and_clo
         assert (await bob.wait_for("update", user="alice"))["seq"] == 1
         await bob.send({"type": "update", "seq": 1, "part": HAT})
         assert await bob.expect("ack") == {"type": "ack", "seq": 1, "revision": 2}
+        await bob.close()
 
 
 async def test_a_bug_passing_on_a_rooms_updates_closes_that_rooms_connections_with_1011(
@@ -565,6 +567,41 @@ async def test_a_bug_passing_on_a_rooms_updates_closes_that_rooms_connections_wi
         assert snapshot["seq"] == 1 and snapshot["doc"]["parts"] == {"boom": KICK}  # the reconnect settles the lost ack
         await carol.send({"type": "update", "seq": 1, "part": HAT})
         assert await carol.expect("ack") == {"type": "ack", "seq": 1, "revision": 1}
+        await asyncio.gather(carol.close(), again.close())
+
+
+async def _gone(server: Server, connection_id: int) -> None:
+    """Wait (at most one time unit, under the server's 5 s close timeout) until the server has let go of a connection."""
+    deadline = asyncio.get_running_loop().time() + TIME_UNIT
+    while connection_id in server.connections:
+        assert asyncio.get_running_loop().time() < deadline, "the server still holds the connection"
+        await asyncio.sleep(0.01)
+
+
+class _UnreadableStore(MemoryStore):
+    """A memory store that cannot load a room until :attr:`broken` is False."""
+
+    broken = True
+
+    async def load_room(self, room: str) -> Any:
+        if self.broken:
+            raise StoreError("the database is down")
+        return await super().load_room(room)
+
+
+async def test_a_room_that_cannot_be_loaded_answers_unavailable_and_1013(connect: Connect) -> None:
+    """A hello whose room the store cannot load gets unavailable and close 1013 (try again later); once the store is back, it joins."""
+    store = _UnreadableStore()
+    async with running(store=store) as server:
+        client = await connect(server.ws_url)
+        await client.send({"type": "hello", "v": 1, "room": "demo", "user": "alice"})
+        assert (await client.expect("error"))["code"] == "unavailable"
+        assert await client.closed() == (1013, "try again later")
+        await _gone(server, 1)  # the server read the client's close: no 5 s wait for it
+        store.broken = False
+        alice = await joined(connect, server, "alice")
+        assert alice.received[0]["type"] == "snapshot"
+        await alice.close()
 
 
 async def test_memory_store_survives_in_process_restart(connect: Connect) -> None:

@@ -458,6 +458,7 @@ class Server:
             throttled.log("load", logging.ERROR, "could not load room %r: %s", hello.room, problem)
             self._reply(peer, protocol.error_message(Invalid("unavailable", "the room cannot be loaded now; try again later")))
             peer.close(1013, "try again later")
+            peer.release_reading()  # to read the client's answer to the close
             return
         self._join(peer, done.result(), hello)
         peer.release_reading()
