@@ -604,6 +604,32 @@ async def test_a_room_that_cannot_be_loaded_answers_unavailable_and_1013(connect
         await alice.close()
 
 
+async def test_a_connection_with_32_updates_awaiting_their_commit_is_read_later(connect: Connect, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While 32 updates of a connection wait for the store, its next frame is not read; once they commit, everything is acked in order."""
+    store = _GatedStore()
+    checked: list[int] = []
+    check = Room.check
+
+    def counting_check(room: Room, user: str, update: Any) -> Any:
+        checked.append(update.seq)
+        return check(room, user, update)
+
+    monkeypatch.setattr(Room, "check", counting_check)
+    async with running(store=store) as server:
+        alice = await joined(connect, server, "alice")
+        for seq in range(1, 34):
+            await alice.send({"type": "update", "seq": seq, "part": part(seq % 16)})
+        deadline = asyncio.get_running_loop().time() + TIME_UNIT
+        while len(checked) < 32:
+            assert asyncio.get_running_loop().time() < deadline, checked
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1 * TIME_UNIT)  # time for the 33rd to be read, if it were
+        assert checked == list(range(1, 33))
+        store.gate.set()
+        assert [(await alice.expect("ack"))["seq"] for _ in range(33)] == list(range(1, 34))
+        await alice.close()
+
+
 async def test_memory_store_survives_in_process_restart(connect: Connect) -> None:
     """A server restarted on the same MemoryStore starts from what the first one committed."""
     store = MemoryStore()
