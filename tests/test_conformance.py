@@ -1,18 +1,13 @@
 """The conformance kit (src/loopsync/conformance.py and its scenarios) against our own server, and the kit's own parts.
 
 Every scenario runs against ``loopsync serve`` as a subprocess on SQLite
-(the scenarios that restart the server restart it). The scenarios of the
-protocol changes that our server does not implement yet are listed in
-:data:`AWAITING_SERVER`: they run as strict expected failures, so they show
-in every report and turn into an error the day they pass.
-``LOOPSYNC_CONFORMANCE_ALL=1`` runs them as plain tests.
+(the scenarios that restart the server restart it), and must pass.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,9 +23,6 @@ from serve_process import TIME_UNIT, ServeProcess
 SCENARIOS = load_scenarios()
 TIMEOUT_SECONDS = 2 * TIME_UNIT
 
-AWAITING_SERVER: set[str] = set()
-"""Scenarios the server does not pass yet (run as strict expected failures): none."""
-RUN_ALL = os.environ.get("LOOPSYNC_CONFORMANCE_ALL") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +33,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     process.kill()
 
 
-def _marks(scenario: Scenario) -> list[Any]:
-    if scenario.name in AWAITING_SERVER and not RUN_ALL:
-        return [pytest.mark.xfail(strict=True, reason="needs the server of issues #14/#15 (docs/protocol-changes); LOOPSYNC_CONFORMANCE_ALL=1 runs it")]
-    return []
-
-
-@pytest.mark.parametrize("scenario", [pytest.param(s, id=s.name, marks=_marks(s)) for s in SCENARIOS])
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 async def test_scenario_passes_against_our_server(served: ServeProcess, scenario: Scenario) -> None:
     """Each conformance scenario passes against loopsync serve (SQLite), restarts included."""
 
@@ -58,11 +44,6 @@ async def test_scenario_passes_against_our_server(served: ServeProcess, scenario
     assert verdict.verdict == "pass", f"step {verdict.step}: {verdict.reason}"
 
 
-def test_awaiting_list_names_real_scenarios() -> None:
-    """Every scenario said to await the server exists, so the list cannot hide a typo."""
-    assert AWAITING_SERVER <= {scenario.name for scenario in SCENARIOS}
-
-
 def test_every_scenario_file_loads_and_the_kit_covers_the_protocol() -> None:
     """The kit's files load, and together they provoke every error code and close code a client can provoke."""
     assert len(SCENARIOS) >= 20
@@ -70,9 +51,10 @@ def test_every_scenario_file_loads_and_the_kit_covers_the_protocol() -> None:
     for code in ("bad_json", "bad_message", "unknown_type", "bad_version", "bad_name", "not_joined", "already_joined",
                  "bad_part", "forbidden", "stale_seq", "bad_seq"):
         assert f'"code": "{code}"' in text, code
-    for close in (1008, 1009):
+    for close in (1007, 1008, 1009):
         assert f'"close": {close}' in text, close
     assert any("restart" in scenario.needs for scenario in SCENARIOS)
+    assert '"fragments"' in text and '"text_base64"' in text
 
 
 # -- the command ------------------------------------------------------------------------

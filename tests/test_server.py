@@ -16,9 +16,10 @@ import aiohttp
 import pytest
 
 from loopsync.connection import RATE_BURST, RATE_PER_SECOND
-from loopsync.rooms import MAX_PARTS, MAX_USERS
+from loopsync import protocol
+from loopsync.rooms import MAX_PARTS, MAX_USERS, Room
 from loopsync.server import Server, running
-from loopsync.store import MemoryStore, SqliteStore
+from loopsync.store import MemoryStore, SqliteStore, StoreError
 
 from conftest import TIME_UNIT, Connect, RawClient, ServeProcess
 
@@ -301,6 +302,19 @@ async def test_null_optional_hello_fields_are_absent(server: Server, connect: Co
     await client.wait_presence([("alice", False, None)])
 
 
+async def test_presence_gives_bpm_as_the_client_wrote_it(server: Server, connect: Connect) -> None:
+    """bpm in presence is the number as its client wrote it: 120 stays an integer, 96.5 a fraction."""
+    alice = await connect(server.ws_url)
+    await alice.join("demo", "alice", bpm=120)
+    await alice.wait_presence([("alice", False, 120)])
+    assert [type(entry["bpm"]) for entry in alice.presence.values()] == [int]
+    await alice.send({"type": "transport", "playing": True, "bpm": 96.5})
+    await alice.wait_presence([("alice", True, 96.5)])
+    await alice.send({"type": "transport", "playing": True, "bpm": 90})
+    await alice.wait_presence([("alice", True, 90)])
+    assert [type(entry["bpm"]) for entry in alice.presence.values()] == [int]
+
+
 async def test_room_holds_256_connected_users_and_a_second_tab_still_joins(server: Server, connect: Connect) -> None:
     """The 257th connected user gets room_full and 1008; a connected user's second tab still joins; one leaving makes room."""
     clients = [await joined(connect, server, f"user{index:03}") for index in range(MAX_USERS)]
@@ -477,6 +491,143 @@ def _stored(path: Path) -> list[tuple[str, str, int, int]]:
 
     with sqlite3.connect(path) as connection:
         return list(connection.execute("SELECT room, user, seq, revision FROM parts ORDER BY revision"))
+
+
+class _GatedStore(MemoryStore):
+    """A memory store whose commits wait until :attr:`gate` is set (so that an update is still unanswered)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    def commit_soon(self, proposal: Any, done: Any) -> None:
+        async def later() -> None:
+            await self.gate.wait()
+            MemoryStore.commit_soon(self, proposal, done)
+
+        asyncio.ensure_future(later())
+
+
+async def test_a_bug_on_a_message_answers_internal_after_earlier_replies_and_closes_only_that_connection(
+        connect: Connect, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug handling an update: the replies before it, then internal with its seq, then 1011; the user's other tab and the room go on."""
+    store = _GatedStore()
+    check = Room.check
+
+    def buggy_check(room: Room, user: str, update: Any) -> Any:
+        if update.seq in (13, 14):
+            store.gate.set()  # the first update's commit is answered only now, after the bug
+            raise RuntimeError("a bug")
+        return check(room, user, update)
+
+    monkeypatch.setattr(Room, "check", buggy_check)
+    async with running(store=store) as server:
+        alice = await joined(connect, server, "alice")
+        tab = await joined(connect, server, "alice")
+        bob = await joined(connect, server, "bob")
+        await alice.send({"type": "update", "seq": 1, "part": KICK})
+        await alice.send({"type": "update", "seq": 13, "part": HAT})
+        await alice.send({"type": "fetch"})  # never answered: nothing after the bug is read
+        assert await alice.expect("ack") == {"type": "ack", "seq": 1, "revision": 1}
+        assert await alice.expect("error") == {"type": "error", "code": "internal", "message": "internal server error", "seq": 13}
+        assert await alice.closed() == (1011, "internal error")
+        assert not [m for m in alice.received if m["type"] == "snapshot" and m is not alice.received[0]]
+        await _gone(server, 1)  # its reading was held for the error: the close is read all the same
+        await tab.send({"type": "update", "seq": 14, "part": HAT})  # nothing pending: the error and the close at once
+        assert (await tab.wait_for("update", user="alice"))["seq"] == 1
+        assert await tab.expect("error") == {"type": "error", "code": "internal", "message": "internal server error", "seq": 14}
+        assert await tab.closed() == (1011, "internal error")
+        assert (await bob.wait_for("update", user="alice"))["seq"] == 1
+        await bob.send({"type": "update", "seq": 1, "part": HAT})
+        assert await bob.expect("ack") == {"type": "ack", "seq": 1, "revision": 2}
+        await bob.close()
+
+
+async def test_a_bug_passing_on_a_rooms_updates_closes_that_rooms_connections_with_1011(
+        connect: Connect, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug while delivering a room's commits closes its members with 1011 (their answers are lost); the commit holds; other rooms go on."""
+    update_message = protocol.update_message
+
+    def buggy_update_message(*, user: str, **fields: Any) -> bytes:
+        if user == "boom":
+            raise RuntimeError("a bug")
+        return update_message(user=user, **fields)
+
+    monkeypatch.setattr(protocol, "update_message", buggy_update_message)
+    async with running() as server:
+        boom = await joined(connect, server, "boom")
+        bob = await joined(connect, server, "bob")
+        carol = await joined(connect, server, "carol", room="other")
+        await boom.send({"type": "update", "seq": 1, "part": KICK})
+        assert (await boom.closed())[0] == 1011
+        assert (await bob.closed())[0] == 1011
+        assert not [m for m in boom.received if m["type"] == "ack"]
+        again = await connect(server.ws_url)
+        snapshot = await again.join("demo", "boom")
+        assert snapshot["seq"] == 1 and snapshot["doc"]["parts"] == {"boom": KICK}  # the reconnect settles the lost ack
+        await carol.send({"type": "update", "seq": 1, "part": HAT})
+        assert await carol.expect("ack") == {"type": "ack", "seq": 1, "revision": 1}
+        await asyncio.gather(carol.close(), again.close())
+
+
+async def _gone(server: Server, connection_id: int) -> None:
+    """Wait (at most one time unit, under the server's 5 s close timeout) until the server has let go of a connection."""
+    deadline = asyncio.get_running_loop().time() + TIME_UNIT
+    while connection_id in server.connections:
+        assert asyncio.get_running_loop().time() < deadline, "the server still holds the connection"
+        await asyncio.sleep(0.01)
+
+
+class _UnreadableStore(MemoryStore):
+    """A memory store that cannot load a room until :attr:`broken` is False."""
+
+    broken = True
+
+    async def load_room(self, room: str) -> Any:
+        if self.broken:
+            raise StoreError("the database is down")
+        return await super().load_room(room)
+
+
+async def test_a_room_that_cannot_be_loaded_answers_unavailable_and_1013(connect: Connect) -> None:
+    """A hello whose room the store cannot load gets unavailable and close 1013 (try again later); once the store is back, it joins."""
+    store = _UnreadableStore()
+    async with running(store=store) as server:
+        client = await connect(server.ws_url)
+        await client.send({"type": "hello", "v": 1, "room": "demo", "user": "alice"})
+        assert (await client.expect("error"))["code"] == "unavailable"
+        assert await client.closed() == (1013, "try again later")
+        await _gone(server, 1)  # the server read the client's close: no 5 s wait for it
+        store.broken = False
+        alice = await joined(connect, server, "alice")
+        assert alice.received[0]["type"] == "snapshot"
+        await alice.close()
+
+
+async def test_a_connection_with_32_updates_awaiting_their_commit_is_read_later(connect: Connect, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While 32 updates of a connection wait for the store, its next frame is not read; once they commit, everything is acked in order."""
+    store = _GatedStore()
+    checked: list[int] = []
+    check = Room.check
+
+    def counting_check(room: Room, user: str, update: Any) -> Any:
+        checked.append(update.seq)
+        return check(room, user, update)
+
+    monkeypatch.setattr(Room, "check", counting_check)
+    async with running(store=store) as server:
+        alice = await joined(connect, server, "alice")
+        for seq in range(1, 34):
+            await alice.send({"type": "update", "seq": seq, "part": part(seq % 16)})
+        deadline = asyncio.get_running_loop().time() + TIME_UNIT
+        while len(checked) < 32:
+            assert asyncio.get_running_loop().time() < deadline, checked
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1 * TIME_UNIT)  # time for the 33rd to be read, if it were
+        assert checked == list(range(1, 33))
+        store.gate.set()
+        assert [(await alice.expect("ack"))["seq"] for _ in range(33)] == list(range(1, 34))
+        await alice.close()
 
 
 async def test_memory_store_survives_in_process_restart(connect: Connect) -> None:

@@ -470,6 +470,8 @@ class _Run:
         try:
             if "binary_base64" in step:
                 await peer.ws.send_bytes(base64.b64decode(step["binary_base64"]))
+            elif "text_base64" in step:  # bytes as they are in one text frame: maybe not UTF-8
+                _write_frames(peer.ws, [base64.b64decode(step["text_base64"])])
             elif "text" in step:
                 await peer.ws.send_str(fill(step["text"], self.variables))
             else:
@@ -477,7 +479,10 @@ class _Run:
                 text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
                 if "pad_to_bytes" in step:
                     text = _padded(frame, int(step["pad_to_bytes"]))
-                await peer.ws.send_str(text)
+                if "fragments" in step:
+                    _write_frames(peer.ws, _split(text.encode(), int(step["fragments"])))
+                else:
+                    await peer.ws.send_str(text)
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise _Failed(f"cannot send on {name!r}: {exc!r}") from None
 
@@ -602,6 +607,39 @@ def fill_patterns(pattern: Json, variables: dict[str, Any]) -> Json:
     return pattern
 
 
+def _split(data: bytes, count: int) -> list[bytes]:
+    """``data`` in ``count`` pieces of nearly equal size (the fragments of one message)."""
+    if count < 1:
+        raise ScenarioError(f"fragments must be at least 1, got {count}")
+    size = -(-len(data) // count)
+    return [data[index * size:(index + 1) * size] for index in range(count)]
+
+
+def _write_frames(ws: aiohttp.ClientWebSocketResponse, payloads: list[bytes]) -> None:
+    """Send one text message as these frames (a text frame, then continuations), masked, payloads unchecked.
+
+    aiohttp sends a message as one frame and only valid UTF-8 as text, so
+    these frames are built here and written to the connection's transport.
+    """
+    transport = getattr(getattr(ws, "_writer", None), "transport", None)
+    if transport is None or transport.is_closing():
+        raise ConnectionError("cannot write raw frames on this connection")
+    for index, payload in enumerate(payloads):
+        opcode = 0x1 if index == 0 else 0x0
+        final = 0x80 if index == len(payloads) - 1 else 0
+        length = len(payload)
+        if length < 126:
+            header = bytes([final | opcode, 0x80 | length])
+        elif length < 65536:
+            header = bytes([final | opcode, 0x80 | 126]) + length.to_bytes(2, "big")
+        else:
+            header = bytes([final | opcode, 0x80 | 127]) + length.to_bytes(8, "big")
+        mask = secrets.token_bytes(4)
+        key = (mask * (length // 4 + 1))[:length]
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(length, "big")
+        transport.write(header + mask + masked)
+
+
 def _padded(frame: dict[str, Any], size_bytes: int) -> str:
     """The frame as JSON text of exactly ``size_bytes`` UTF-8 bytes, grown with a ``pad`` field of spaces."""
     base = json.dumps({**frame, "pad": ""}, separators=(",", ":"))
@@ -700,12 +738,14 @@ def _transcribe(steps: list[dict[str, Any]], values: dict[str, Any], lines: list
             who = str(step["send"]).ljust(width)
             if "binary_base64" in step:
                 lines.append(f"{indent}{who}> (a binary frame of {len(base64.b64decode(step['binary_base64']))} bytes)")
+            elif "text_base64" in step:
+                lines.append(f"{indent}{who}> (a text frame of {len(base64.b64decode(step['text_base64']))} bytes that are not UTF-8)")
             elif "text" in step:
                 lines.append(f"{indent}{who}> {step['text']}")
-            elif "pad_to_bytes" in step:
-                lines.append(f"{indent}{who}> {_render(step['frame'], values)} (padded to {step['pad_to_bytes']} bytes)")
             else:
-                lines.append(f"{indent}{who}> {_render(step['frame'], values)}")
+                padded = f" (padded to {step['pad_to_bytes']} bytes)" if "pad_to_bytes" in step else ""
+                fragments = f" (in {step['fragments']} frames)" if "fragments" in step else ""
+                lines.append(f"{indent}{who}> {_render(step['frame'], values)}{padded}{fragments}")
         elif "expect" in step:
             who = str(step["expect"]).ljust(width)
             if "close" in step:

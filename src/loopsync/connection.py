@@ -215,6 +215,8 @@ class Connection(asyncio.BufferedProtocol):
         self._arm(CLOSE_TIMEOUT_SECONDS)
         # On the next turn: the caller may be going through its room's connections.
         asyncio.get_running_loop().call_soon(self.handler.closing, self)
+        if self._held:  # a server's hold no longer counts: read on, to find the peer's close
+            asyncio.get_running_loop().call_soon(self._read_on)
 
     def abort(self) -> None:
         """Cut the connection now, dropping what waits in its buffers."""
@@ -301,7 +303,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _read_frames(self) -> None:
         reader = self._reader
-        if reader is None or self._held:
+        if reader is None or self._holding():
             return
         now = asyncio.get_running_loop().time()
         tokens = self._tokens + (now - self._tokens_at) * RATE_PER_SECOND
@@ -320,8 +322,10 @@ class Connection(asyncio.BufferedProtocol):
                 return
             opcode, data = frame
             if opcode == OP_TEXT:
+                if self.state is not OPEN:
+                    continue  # closing: only the peer's close is still of interest
                 self.handler.text(self, data)  # type: ignore[arg-type]
-                if self._held:
+                if self._holding():
                     return  # the frames already read wait too: _resume goes on from here
             elif opcode == OP_PONG:
                 self._awaiting_pong = False
@@ -329,12 +333,17 @@ class Connection(asyncio.BufferedProtocol):
                 if self.state is OPEN:
                     self.transport.write(pong_frame(data))  # type: ignore[arg-type,union-attr]
             elif opcode == OP_BINARY:
-                self.handler.binary(self)
+                if self.state is OPEN:
+                    self.handler.binary(self)
             elif opcode == OP_CLOSE:
                 self._peer_closed(data)  # type: ignore[arg-type]
                 return
-            if self.state is CLOSED or self._held or self._reader is None:
+            if self.state is CLOSED or self._holding() or self._reader is None:
                 return
+
+    def _holding(self) -> bool:
+        """Reading waits for the server (:meth:`hold_reading`); never once closing, when only the peer's close is read."""
+        return self._held > 0 and self.state is OPEN
 
     def _pause_for_tokens(self) -> None:
         if self._paused_for_tokens or self.transport is None:
@@ -344,12 +353,19 @@ class Connection(asyncio.BufferedProtocol):
         delay = (1.0 - self._tokens) / RATE_PER_SECOND
         asyncio.get_running_loop().call_later(delay, self._tokens_back)
 
+    def _read_on(self) -> None:
+        if self.state is CLOSED or self.transport is None:
+            return
+        self._read_frames()
+        if not self._paused_for_tokens and not self._holding():
+            self.transport.resume_reading()
+
     def _tokens_back(self) -> None:
         self._paused_for_tokens = False
         if self.state is CLOSED or self.transport is None:
             return
         self._read_frames()
-        if not self._paused_for_tokens and not self._held:
+        if not self._paused_for_tokens and not self._holding():
             self.transport.resume_reading()
 
     def _violated(self, violation: Violation) -> None:

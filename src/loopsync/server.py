@@ -101,6 +101,8 @@ class _Reply:
         self.frame: bytes | None = None
 
 
+_CLOSE_INTERNAL: Final = object()
+"""A reply entry: close the connection with 1011 (after the ``internal`` error that precedes it)."""
 _SNAPSHOT: Final = object()
 """A reply entry: a snapshot, built when its turn comes (so it shows every commit answered before it). The
 connection is not read until it goes out, so that no later update of the same connection is applied before
@@ -378,8 +380,18 @@ class Server:
                 self._reply(peer, protocol.error_message(message, _readable_seq(text)))
         except Exception:
             throttled.log("internal", logging.ERROR, "internal error on connection %d (%s)", peer.id, peer.user or "before hello", exc_info=True)
-            self._reply(peer, protocol.error_message(Invalid("internal", "internal server error"), _readable_seq(text)))
+            self._internal(peer, _readable_seq(text))
+
+    def _internal(self, peer: _Peer, seq: int | None) -> None:
+        """A bug while handling a message: answer it ``internal`` after the replies before it, then close with 1011."""
+        frame = protocol.error_message(Invalid("internal", "internal server error"), seq)
+        if not peer.replies:
+            peer.send(text_frame(frame))
             peer.close(protocol.CLOSE_INTERNAL, "internal error")
+            return
+        peer.hold_reading()  # nothing after the failed message is read: the close comes next
+        peer.replies.append(frame)
+        peer.replies.append(_CLOSE_INTERNAL)
 
     # -- joining -----------------------------------------------------------------------------
 
@@ -446,6 +458,7 @@ class Server:
             throttled.log("load", logging.ERROR, "could not load room %r: %s", hello.room, problem)
             self._reply(peer, protocol.error_message(Invalid("unavailable", "the room cannot be loaded now; try again later")))
             peer.close(1013, "try again later")
+            peer.release_reading()  # to read the client's answer to the close
             return
         self._join(peer, done.result(), hello)
         peer.release_reading()
@@ -564,6 +577,10 @@ class Server:
             elif head is _SNAPSHOT:
                 self._send_snapshot(peer)
                 peer.release_reading()
+            elif head is _CLOSE_INTERNAL:
+                replies.clear()
+                peer.close(protocol.CLOSE_INTERNAL, "internal error")
+                return
             else:
                 peer.send(text_frame(head))  # type: ignore[arg-type]
             replies.popleft()
@@ -597,7 +614,10 @@ class Server:
                 budget -= self._deliver_room(state)
             except Exception:  # a bug: say so, and let the other rooms go on
                 throttled.log("internal", logging.ERROR, "internal error delivering to room %r", state.room.name, exc_info=True)
-                state.outgoing = None
+                state.outgoing, state.backlog_writes = None, 0
+                # Answers of this room are lost: its members reconnect, and their snapshots settle what was in flight.
+                for peer in list(state.peers.values()):
+                    peer.close(protocol.CLOSE_INTERNAL, "internal error")
             if state.outgoing:
                 turns.append(state)
             else:
