@@ -248,6 +248,7 @@ def test_fanout_worker_waits_for_every_answer_from_a_server_that_acknowledges() 
 
 def test_fanout_yjs_updates_are_real_yjs_and_timed_by_their_mark() -> None:
     """bench/yjs/updates.js makes valid sync messages with a mark; the load client times others' updates and counts its own echo as its ack."""
+    harness.install_yjs()  # updates.js needs Yjs, whichever test runs first
     updates = harness.yjs_updates([("user0", 0), ("user1", 1)], 2)
     assert sorted(updates) == [0, 1] and all(len(messages) == 2 for messages in updates.values())
     message = updates[1][0]
