@@ -127,7 +127,7 @@ def summarise_ramp(rows: list[dict[str, Any]], kinds: tuple[str, ...], budget_ms
             ratio = best[kind]["deliveries_per_s"] / best[baseline]["deliveries_per_s"]
             least = targets.get((kind, baseline))
             verdict = f" (target >= {least:g}: {'met' if ratio >= least else 'MISSED'})" if least else ""
-            print(f"  {kind} / {baseline}, most deliveries/s with p99 under {budget_ms:g} ms: {ratio:.2f}{verdict}")
+            print(f"  {kind} / {baseline}, most deliveries/s with p99 under {budget_ms:g} ms: {ratio:.{3 if least else 2}f}{verdict}")
     for kind in kinds:
         steps = [figures for figures in rows if figures.get("scenario") == "ramp" and figures["server"] == kind]
         if not steps:

@@ -1246,7 +1246,10 @@ class Svg:
         return "\n".join([*self.parts, "</svg>"]) + "\n"
 
 
-PLOT_COLOURS = {"relay": "#7f7f7f", "floor": "#9467bd", "loopsync": "#1f77b4", "loopsync-memory": "#17becf", "yjs": "#ff7f0e"}
+PLOT_COLOURS = {"relay": "#7f7f7f", "floor": "#9467bd", "loopsync": "#1f77b4", "loopsync-memory": "#17becf", "yjs": "#ff7f0e",
+                "cluster-floor": "#bcbd22", "cluster": "#2ca02c", "cluster-2": "#8c564b"}
+PLOT_BASELINES = {"loopsync": ("yjs", "floor"), "loopsync-memory": ("yjs", "floor"), "cluster": ("yjs", "cluster-floor")}
+"""The servers whose legend names their ratios, and to what."""
 
 
 def ramp_svg(rows: list[dict[str, Any]], budget_ms: float = 20.0) -> str:
@@ -1278,7 +1281,7 @@ def ramp_svg(rows: list[dict[str, Any]], budget_ms: float = 20.0) -> str:
     svg.axes("deliveries per second (rooms of 4, 10 updates/s per client); a ring marks each server's limit", "p99 (ms)")
     best = limits(steps, budget_ms)
     for row_number, kind in enumerate(servers):
-        colour = PLOT_COLOURS.get(kind, "#2ca02c")
+        colour = PLOT_COLOURS.get(kind, "#000000")
         for figures in steps:
             if figures["server"] == kind:
                 svg.add(f'<circle cx="{x_of(figures["deliveries_per_s"]):.1f}" cy="{y_of(figures["p99_ms"]):.1f}" r="3" fill="{colour}"/>')
@@ -1288,8 +1291,8 @@ def ramp_svg(rows: list[dict[str, Any]], budget_ms: float = 20.0) -> str:
             svg.add(f'<circle cx="{x_of(limit["deliveries_per_s"]):.1f}" cy="{y_of(limit["p99_ms"]):.1f}" r="7" fill="none"'
                     f' stroke="{colour}" stroke-width="2"/>')
             label += f': {limit["deliveries_per_s"]:,.0f} deliveries/s under the budget'
-            for baseline in ("yjs", "floor"):
-                if kind.startswith("loopsync") and baseline in best:
+            for baseline in PLOT_BASELINES.get(kind, ()):
+                if baseline in best:
                     label += f', {limit["deliveries_per_s"] / best[baseline]["deliveries_per_s"]:.2f}x {baseline}'
         svg.legend(36 + 16 * row_number, colour, label)
     return str(svg)
