@@ -129,6 +129,8 @@ class ClusterFloorStore:
         self._pending: list[tuple[Accepted, Callable[[Any], None]]] = []
         self._drain_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
+        self._subscribe_task: asyncio.Task[None] | None = None
+        self._unsubscribed: list[str] = []
         self._rooms: dict[str, set[_Member]] = {}
 
     async def open(self) -> None:
@@ -165,18 +167,25 @@ class ClusterFloorStore:
 
     def listen(self, room: str, members: set[_Member]) -> None:
         """Read ``room``'s channel as a node does: what another node published goes to this node's members."""
-        if room in self._rooms:
-            return
-        self._rooms[room] = members
-        asyncio.get_running_loop().create_task(self._pubsub.subscribe(room))
-        if self._listen_task is None:
-            self._listen_task = asyncio.get_running_loop().create_task(self._listen())
+        if room not in self._rooms:
+            self._rooms[room] = members
+            self._unsubscribed.append(room)
+            if self._subscribe_task is None:
+                self._subscribe_task = asyncio.get_running_loop().create_task(self._subscribe())
+
+    async def _subscribe(self) -> None:
+        """One SUBSCRIBE at a time on the one Pub/Sub connection, for the rooms joined meanwhile."""
+        try:
+            while self._unsubscribed:
+                rooms, self._unsubscribed = self._unsubscribed, []
+                await self._pubsub.subscribe(*rooms)
+                if self._listen_task is None:  # redis-py reads a PubSub only once it has subscribed
+                    self._listen_task = asyncio.get_running_loop().create_task(self._listen())
+        finally:
+            self._subscribe_task = None
 
     async def _listen(self) -> None:
         while True:
-            if not self._pubsub.subscribed:
-                await asyncio.sleep(0.01)
-                continue
             message = await self._pubsub.get_message(timeout=1.0)
             if message is None or message["type"] != "message":
                 continue
@@ -190,7 +199,7 @@ class ClusterFloorStore:
                     member.send(frame)
 
     async def close(self) -> None:
-        for task in (self._drain_task, self._listen_task):
+        for task in (self._drain_task, self._listen_task, self._subscribe_task):
             if task is not None:
                 task.cancel()
         await self._pubsub.aclose()
