@@ -508,8 +508,9 @@ class Server:
         """The store has decided a proposal: apply what it accepted and queue the answers in revision order."""
         state.pending -= 1
         if isinstance(outcome, list):
-            entries = [(record, peer, reply) if record.user == peer.user and record.part is not None else (record, None, None)
-                       for record in outcome]
+            entries: list[tuple[Accepted, _Peer | None, _Reply | None]] = [
+                (record, peer, reply) if record.user == peer.user and record.part is not None else (record, None, None)
+                for record in outcome]
             if self.cluster is None:
                 self.pass_on(state, entries)
             else:  # in revision order with the other nodes' commits

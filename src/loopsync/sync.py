@@ -380,8 +380,8 @@ class PresenceTable:
             self.entries = {entry["id"]: entry for entry in entries if entry is not None}
             self.known = True
             return True
-        changed = message.get("changed")
-        for value in changed if isinstance(changed, list) else []:
+        changed_entries = message.get("changed")
+        for value in changed_entries if isinstance(changed_entries, list) else []:
             entry = read_presence_entry(value, None)
             if entry is not None:
                 self.entries[entry["id"]] = entry
